@@ -1,0 +1,1 @@
+"""castvit: CAST superpixel vision transformers in plain PyTorch."""

@@ -1,0 +1,64 @@
+"""Small tensor operations shared by every layer of the package.
+
+This module sits below everything else (models, superpixels, hierarchy, data,
+eval, viz all may import it) and imports nothing from castvit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def segment_sum(x: torch.Tensor, labels: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """Sum the features of each segment, independently per image.
+
+    Args:
+        x: ``B×L×C`` features.
+        labels: ``B×L`` integer segment ids in ``[0, num_segments)``.
+        num_segments: number of output slots per image.
+
+    Returns:
+        ``B×num_segments×C`` sums (zero for ids that do not occur).
+    """
+    b, _, c = x.shape
+    out = x.new_zeros(b, num_segments, c)
+    return out.scatter_add_(1, labels.unsqueeze(-1).expand(-1, -1, c), x)
+
+
+def segment_count(labels: torch.Tensor, num_segments: int, dtype=torch.float32) -> torch.Tensor:
+    """``B×num_segments`` number of entries with each id."""
+    out = torch.zeros(labels.shape[0], num_segments, dtype=dtype, device=labels.device)
+    return out.scatter_add_(1, labels, torch.ones_like(labels, dtype=dtype))
+
+
+def segment_mean(x: torch.Tensor, labels: torch.Tensor, num_segments: int | None = None) -> torch.Tensor:
+    """Mean of the features of each segment, independently per image.
+
+    Args:
+        x: ``B×H×W×C`` (or ``B×L×C``) features.
+        labels: ``B×H×W`` (or ``B×L``) integer ids.
+        num_segments: slots per image; default ``labels.max() + 1`` over the batch.
+
+    Returns:
+        ``B×num_segments×C``. Ids absent from an image get an all-zero row.
+    """
+    b, c = x.shape[0], x.shape[-1]
+    x = x.reshape(b, -1, c)
+    labels = labels.reshape(b, -1)
+    if num_segments is None:
+        num_segments = int(labels.max()) + 1
+    total = segment_sum(x, labels, num_segments)
+    count = segment_count(labels, num_segments, dtype=x.dtype).clamp_min(1)
+    return total / count.unsqueeze(-1)
+
+
+def relabel_contiguous(labels: np.ndarray) -> np.ndarray:
+    """Map the ids of one label map to ``0..K-1`` in order of first appearance
+    along the flattened (row-major) map. Returns int64."""
+    flat = np.asarray(labels).reshape(-1)
+    _, first, inverse = np.unique(flat, return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return rank[inverse].reshape(np.shape(labels)).astype(np.int64)
