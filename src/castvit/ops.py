@@ -62,3 +62,25 @@ def relabel_contiguous(labels: np.ndarray) -> np.ndarray:
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
     return rank[inverse].reshape(np.shape(labels)).astype(np.int64)
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalize_images(images: torch.Tensor) -> torch.Tensor:
+    """``B×3×H×W`` uint8 (0..255) or float (0..1) RGB → ImageNet-normalised float32."""
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def label_boundaries(labels: np.ndarray) -> np.ndarray:
+    """Thin boundaries of an ``H×W`` label map: a pixel is on a boundary when its right or
+    lower neighbour has another label. Returns bool ``H×W``."""
+    labels = np.asarray(labels)
+    edge = np.zeros(labels.shape, dtype=bool)
+    edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    edge[:-1, :] |= labels[:-1, :] != labels[1:, :]
+    return edge
