@@ -142,7 +142,7 @@ class CAST(nn.Module):
         self.patch_embed = ConvStem(embed_dim, PATCH)
         self.pos_drop = nn.Dropout(drop_rate)
 
-        dpr = torch.linspace(0, drop_path_rate, sum(depth)).tolist()
+        dpr = [drop_path_rate * i / max(sum(depth) - 1, 1) for i in range(sum(depth))]
         all_blocks = [Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dpr[i])
                       for i in range(sum(depth))]
         bounds = [sum(depth[:i]) for i in range(5)]

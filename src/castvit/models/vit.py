@@ -30,7 +30,7 @@ class _ViTBase(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.patch_embed = ConvStem(embed_dim, patch_size)
         self.pos_drop = nn.Dropout(drop_rate)
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.Sequential(*[Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, 0.0, dpr[i])
                                       for i in range(depth)])
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
