@@ -31,6 +31,8 @@ from numpy.typing import ArrayLike
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import maximum_bipartite_matching
 
+from castvit.ops import label_boundaries
+
 __all__ = [
     "BSDS_TOLERANCE",
     "COUNT_KEYS",
@@ -258,11 +260,7 @@ def boundary_map(labels: ArrayLike) -> np.ndarray:
     Returns:
         ``H×W`` bool array.
     """
-    lab = _as_label_map(labels, "labels")
-    edge = np.zeros(lab.shape, dtype=bool)
-    edge[:, :-1] |= lab[:, :-1] != lab[:, 1:]
-    edge[:-1, :] |= lab[:-1, :] != lab[1:, :]
-    return edge
+    return label_boundaries(_as_label_map(labels, "labels"))
 
 
 def _as_boundary(x: np.ndarray) -> np.ndarray:
