@@ -1,0 +1,402 @@
+"""``castvit segment``: segment images into a hierarchy and write pictures, label
+maps, JSON, npz and an interactive viewer.
+
+    castvit segment photos/ extra.jpg 'shots/**/*.png' --out segs/ --checkpoint cast_small.pth
+
+Per image (``DIR/<name>/``, see :mod:`castvit.viz.export`): an overlay and a 16-bit
+label PNG per level, ``contours.png``, ``hierarchy.json`` and ``hierarchy.npz``.
+For the run: ``DIR/viewer.html`` (self-contained; open it in a browser) and
+``DIR/index.json`` (every input, with its status).
+
+Resolution policy (documented in :mod:`castvit.hierarchy` and the README):
+images are read at their own size (downscaled first only when the longer side
+exceeds ``--max-side``); superpixels are computed and every output is written at
+that size; the model sees a resized copy of about ``--size``² pixels of area, each
+side a multiple of 8, without padding.
+
+Exit code: 0 when every input was segmented, 1 when any failed (the others are
+still processed), 2 when nothing could be tried (no inputs, bad model or checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_MODEL = "cast_small"
+
+
+# ------------------------------------------------------------------ arguments
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, got {text}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (parser.description or "") + (
+        ". Writes, per image, an overlay and a 16-bit label PNG per level, contours.png, hierarchy.json and "
+        "hierarchy.npz into OUT/<name>/, and OUT/viewer.html, a self-contained interactive viewer.")
+    parser.epilog = ("Exit code: 0 if every image was segmented, 1 if any failed (the others are still "
+                     "processed), 2 if nothing could be tried.")
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER",
+                        help="image files, folders (their images) or glob patterns such as 'shots/**/*.jpg'")
+    parser.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder (created if needed)")
+    parser.add_argument("--model", default=None, metavar="NAME",
+                        help=f"registered CAST model (default: the one stored in a castvit checkpoint, "
+                             f"else {DEFAULT_MODEL}); see 'castvit models cast_*'")
+    parser.add_argument("--checkpoint", default=None, metavar="PATH",
+                        help="weights: a castvit .safetensors file or any published CAST checkpoint "
+                             "(MoCo, linear probe, DeiT, Segmenter, SPML). Without one the weights are random")
+    parser.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="constructor override, repeatable, value in YAML syntax (e.g. embed_dim=192, "
+                             "depth=[1,1,1,1])")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the random initialisation, so runs without a checkpoint are reproducible "
+                             "(default: 0)")
+    parser.add_argument("--superpixels", choices=("seeds", "slic"), default="seeds",
+                        help="superpixel algorithm (default: seeds, as in training)")
+    parser.add_argument("--n-segments", type=_positive_int, default=None, metavar="N",
+                        help="superpixels per image (default: 196 for classification models, "
+                             "working area / 256 for segmentation models)")
+    parser.add_argument("--size", type=_non_negative_int, default=None, metavar="N",
+                        help="the model sees each image resized to about N×N pixels of area, aspect ratio kept, "
+                             "sides rounded to multiples of 8 (default: the model's img_size, i.e. 224; 512 for "
+                             "segmentation models; 0 = the image's own resolution). Outputs stay at full size")
+    parser.add_argument("--max-side", type=_non_negative_int, default=4096, metavar="PX",
+                        help="images whose longer side exceeds PX are downscaled to PX first, and all their "
+                             "outputs are at that size (default: 4096; 0 = never)")
+    parser.add_argument("--batch-size", type=_positive_int, default=4, metavar="N",
+                        help="images per forward pass (default: 4)")
+    parser.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+                        help="threads for reading, superpixels and writing (default: min(4, CPUs))")
+    parser.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda, cuda:1 …")
+    parser.add_argument("--recursive", "-r", action="store_true", help="also take images in sub-folders")
+    parser.add_argument("--no-viewer", action="store_true", help="do not write OUT/viewer.html")
+    parser.add_argument("--viewer-max-side", type=_positive_int, default=1024, metavar="PX",
+                        help="pictures in the viewer are at most PX on their longer side (default: 1024)")
+    parser.add_argument("--quiet", "-q", action="store_true", help="print only warnings and errors")
+
+
+# ------------------------------------------------------------------ model
+class SetupError(Exception):
+    """Nothing can be segmented (model, checkpoint, device or arguments)."""
+
+
+def parse_model_args(items: list[str]) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SetupError(f"--model-arg expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise SetupError(f"--model-arg {item!r}: value is not valid YAML ({exc})") from exc
+    return out
+
+
+def resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise SetupError(f"--device {name!r}: {exc}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SetupError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    return device
+
+
+def build_model(args: argparse.Namespace, say) -> tuple[Any, dict[str, Any]]:
+    """The model in eval mode, and what to record about it."""
+    from castvit.checkpoint import CheckpointError, load_checkpoint, read_pretrained_config
+    from castvit.models.registry import create_model
+
+    import torch
+
+    overrides = parse_model_args(args.model_arg)
+    torch.manual_seed(args.seed)  # random weights (no checkpoint, or a reset head) are reproducible
+    try:
+        if args.checkpoint:
+            path = Path(args.checkpoint)
+            if not path.is_file():
+                raise SetupError(f"checkpoint {args.checkpoint!r} does not exist")
+            meta = read_pretrained_config(path)
+            if meta is not None:
+                if args.model is not None and meta["model"] != args.model:
+                    raise SetupError(f"checkpoint {args.checkpoint!r} holds a {meta['model']!r} model, not "
+                                     f"{args.model!r}; drop --model or pass the matching checkpoint")
+                name = meta["model"]
+                model = create_model(name, **{**meta["config"], **overrides})
+            else:
+                name = args.model or DEFAULT_MODEL
+                model = create_model(name, **overrides)
+            report = load_checkpoint(model, path)
+            for note in report.notes:
+                say(f"checkpoint: {note}")
+        else:
+            name = args.model or DEFAULT_MODEL
+            model = create_model(name, **overrides)
+    except CheckpointError as exc:
+        raise SetupError(f"checkpoint {args.checkpoint!r} does not fit model {name!r}:\n{exc}") from exc
+    except (ValueError, TypeError) as exc:
+        raise SetupError(f"cannot build model {args.model or DEFAULT_MODEL!r}: {exc}") from exc
+    if not hasattr(model, "min_superpixels") or not hasattr(model, "pools"):
+        raise SetupError(f"model {name!r} has no segmentation hierarchy (it is not a CAST model); "
+                         "choose one of 'castvit models cast_*'")
+    return model.eval(), {"name": name, "checkpoint": str(Path(args.checkpoint).resolve()) if args.checkpoint else None,
+                          "random_weights": not args.checkpoint, "seed": args.seed, "overrides": overrides}
+
+
+def random_weights_warning(name: str) -> str:
+    bar = "!" * 78
+    return (f"{bar}\n!! WARNING: no --checkpoint given, so {name} has RANDOM WEIGHTS.\n"
+            "!! The hierarchy below comes from an untrained network: it is nested and covers every\n"
+            "!! pixel, but its segments mean nothing about your images. Pass --checkpoint PATH (a castvit\n"
+            "!! .safetensors file or a published CAST checkpoint) for real segmentations.\n"
+            f"{bar}")
+
+
+# ------------------------------------------------------------------ per image
+@dataclass
+class Job:
+    index: int
+    path: Path
+    name: str
+    loaded: Any = None  # LoadedImage
+    superpixels: np.ndarray | None = None
+    n_segments: int | None = None
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def unique_names(paths: list[Path]) -> list[str]:
+    """Output folder names: the file stems, made safe and unique (``a``, ``a-2``, …)."""
+    used: set[str] = set()
+    names = []
+    for p in paths:
+        stem = re.sub(r"[^\w.-]+", "_", p.stem).strip("._") or "image"
+        name, k = stem, 2
+        while name.lower() in used or name.lower() in ("viewer", "index"):
+            name, k = f"{stem}-{k}", k + 1
+        used.add(name.lower())
+        names.append(name)
+    return names
+
+
+def prepare(job: Job, *, model, args, size: int | None) -> Job:
+    """Read the image and compute its superpixels (runs in a worker thread)."""
+    from castvit.hierarchy import check_image_size, compute_image_superpixels, default_n_segments, working_size
+    from castvit.viz.images import ImageReadError, read_image
+
+    t0 = time.perf_counter()
+    try:
+        job.loaded = read_image(job.path, max_side=args.max_side or None)
+        job.notes = list(job.loaded.notes)
+        h, w = job.loaded.size
+        check_image_size(model, h, w)
+        job.n_segments = args.n_segments or default_n_segments(model, working_size(h, w, size))
+        job.superpixels = compute_image_superpixels(model, job.loaded.rgb, method=args.superpixels,
+                                                    n_segments=job.n_segments, size=size)
+    except ImageReadError as exc:
+        job.error = f"cannot read image: {exc}"
+    except ValueError as exc:
+        job.error = str(exc)
+    except Exception as exc:  # noqa: BLE001 — one bad image must not stop the others
+        job.error = f"{type(exc).__name__}: {exc}"
+    job.seconds += time.perf_counter() - t0
+    return job
+
+
+def segment_jobs(jobs: list[Job], *, model, size: int | None) -> list:
+    """Hierarchies for the jobs (one batched call; image by image if the batch fails)."""
+    from castvit.hierarchy import segment
+
+    if len(jobs) > 1:
+        t0 = time.perf_counter()
+        try:
+            hs = segment(model, [j.loaded.rgb for j in jobs], superpixels=[j.superpixels for j in jobs], size=size)
+            for j in jobs:
+                j.seconds += (time.perf_counter() - t0) / len(jobs)
+            return hs
+        except Exception:  # noqa: BLE001 — one image spoilt the batch: find which, below
+            pass
+    out = []
+    for j in jobs:
+        t0 = time.perf_counter()
+        try:
+            out.append(segment(model, [j.loaded.rgb], superpixels=[j.superpixels], size=size)[0])
+        except Exception as exc:  # noqa: BLE001
+            j.error = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+            out.append(None)
+        j.seconds += time.perf_counter() - t0
+    return out
+
+
+# ------------------------------------------------------------------ main
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from castvit.hierarchy import auto_size
+    from castvit.viz.images import find_images
+
+    def say(msg: str) -> None:
+        if not args.quiet:
+            tqdm.write(msg, file=sys.stdout)
+
+    def warn(msg: str) -> None:
+        tqdm.write(f"castvit segment: {msg}", file=sys.stderr)
+
+    if args.n_segments is not None and args.n_segments > 65535:
+        warn("error: --n-segments must be at most 65535 (label maps are 16-bit PNGs)")
+        return 2
+    if args.size is not None and 0 < args.size < 8:
+        warn(f"error: --size must be 0 (native) or at least 8, got {args.size}")
+        return 2
+    paths, problems = find_images(args.inputs, recursive=args.recursive)
+    for p in problems:
+        warn(f"error: {p}")
+    if not paths:
+        warn("error: no images to segment")
+        return 2
+    try:
+        device = resolve_device(args.device)
+        model, model_info = build_model(args, say)
+        model.to(device)
+    except SetupError as exc:
+        warn(f"error: {exc}")
+        return 2
+    if model_info["random_weights"]:
+        tqdm.write(random_weights_warning(model_info["name"]), file=sys.stderr)
+    size = auto_size(model) if args.size is None else (args.size or None)
+    out_dir = Path(args.out)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        warn(f"error: cannot create output folder {str(out_dir)!r}: {exc}")
+        return 2
+    say(f"segmenting {len(paths)} image(s) with {model_info['name']} on {device}; the model sees about "
+        f"{f'{size}×{size} px' if size else 'the full resolution'}, superpixels: {args.superpixels}; "
+        f"outputs in {out_dir}/")
+
+    jobs = [Job(i, p, n) for i, (p, n) in enumerate(zip(paths, unique_names(paths)))]
+    viewer = None
+    if not args.no_viewer:
+        from castvit.viz.viewer import ViewerWriter
+
+        viewer = ViewerWriter(out_dir / "viewer.html", title=f"castvit · {len(paths)} image(s)",
+                              max_side=args.viewer_max_side)
+    statuses: list[dict[str, Any]] = []
+    bar = tqdm(total=len(jobs), unit="img", disable=True if args.quiet else None, file=sys.stderr,
+               dynamic_ncols=True)
+    try:
+        _process(jobs, model=model, args=args, size=size, out_dir=out_dir, model_info=model_info,
+                 viewer=viewer, statuses=statuses, bar=bar, say=say, warn=warn)
+    except BaseException:  # Ctrl-C included: leave no half-written viewer behind
+        if viewer is not None:
+            viewer.discard()
+        raise
+    finally:
+        bar.close()
+    for p in problems:
+        statuses.append({"source": p.split(": ")[0], "status": "failed", "error": p})
+    failed = sum(s["status"] == "failed" for s in statuses)
+    if viewer is not None:
+        try:
+            n = viewer.close(random_weights=model_info["random_weights"])
+            if n:
+                say(f"viewer: {out_dir / 'viewer.html'} ({n} image(s); open it in a browser)")
+        except OSError as exc:
+            failed += 1
+            warn(f"error: cannot write the viewer: {exc}")
+    index = {"format": "castvit-segment-index/1", "model": model_info, "images": statuses}
+    (out_dir / "index.json").write_text(json.dumps(index, indent=2))
+    ok = sum(s["status"] == "ok" for s in statuses)
+    summary = f"{ok} image(s) segmented, {failed} failed"
+    if failed:
+        warn(summary)
+    else:
+        say(summary)
+    if model_info["random_weights"]:
+        warn("reminder: the weights were RANDOM (no --checkpoint); the segments are not meaningful")
+    return 1 if failed else 0
+
+
+def _process(jobs: list[Job], *, model, args, size: int | None, out_dir: Path, model_info: dict[str, Any],
+             viewer, statuses: list[dict[str, Any]], bar, say, warn) -> None:
+    """Read, segment and write every job, a chunk of ``--batch-size`` at a time: the
+    next chunk is read (and its superpixels computed) while this one is in the model,
+    and outputs are written by worker threads."""
+    import torch
+
+    from castvit.viz.export import write_outputs
+
+    workers = args.workers or min(4, os.cpu_count() or 1)
+    chunks = [jobs[i:i + args.batch_size] for i in range(0, len(jobs), args.batch_size)]
+    with ThreadPoolExecutor(max_workers=workers) as pool, torch.inference_mode():
+        def submit(chunk: list[Job]) -> list:
+            return [pool.submit(prepare, j, model=model, args=args, size=size) for j in chunk]
+
+        pending = submit(chunks[0]) if chunks else []
+        for c in range(len(chunks)):
+            ready = [f.result() for f in pending]
+            pending = submit(chunks[c + 1]) if c + 1 < len(chunks) else []
+            good = [j for j in ready if j.error is None]
+            done: dict[int, Any] = {}
+            writes = []
+            for j, h in zip(good, segment_jobs(good, model=model, size=size) if good else []):
+                if h is None:
+                    continue
+                h.meta.update(superpixel_method=args.superpixels)
+                info = {"name": j.name, "source": str(j.path.resolve()), "original_size": list(j.loaded.original_size),
+                        "notes": j.notes, "model": model_info,
+                        "superpixels": {"method": args.superpixels, "n_segments": j.n_segments,
+                                        "count": int(np.count_nonzero(np.bincount(j.superpixels.ravel())))}}
+                writes.append((j, h, info, pool.submit(write_outputs, h, out_dir / j.name, info=info)))
+            for j, h, info, fut in writes:
+                try:
+                    fut.result()
+                    if viewer is not None:
+                        viewer.add(h, name=j.name, info=info)
+                    done[j.index] = h
+                except Exception as exc:  # noqa: BLE001 — a full disk must not hide the other images
+                    j.error = f"cannot write outputs: {type(exc).__name__}: {exc}"
+            for j in ready:
+                bar.update(1)
+                if j.error is not None:
+                    warn(f"error: {j.path}: {j.error}")
+                    statuses.append({"source": str(j.path), "status": "failed", "error": j.error})
+                    continue
+                h = done[j.index]
+                levels = "/".join(str(h.num_segments(s)) for s in range(h.num_levels))
+                hh, ww = j.loaded.size
+                say(f"{j.path} -> {out_dir / j.name}/  {ww}×{hh}, segments per level {levels}  ({j.seconds:.1f} s)")
+                for note in j.notes:
+                    say(f"    note: {note}")
+                statuses.append({"source": str(j.path), "status": "ok", "name": j.name, "notes": j.notes})
+            for j in ready:  # the arrays are written: free them before the next chunk
+                j.loaded = j.superpixels = None
