@@ -1,0 +1,163 @@
+"""YAML recipes: loading, ``_base_`` inheritance, ``key=value`` overrides, validation.
+
+A recipe file has five sections::
+
+    recipe: moco                 # moco | supervised | linear_probe
+    output_dir: runs/moco_in1k   # checkpoints, metrics.jsonl, config.yaml
+    device: auto                 # auto | cpu | cuda
+    model:                       # castvit.create_model(name, **kwargs)
+      name: cast_small
+      kwargs: {drop_path_rate: 0.0}
+      pretrained: null           # checkpoint loaded with castvit.load_checkpoint
+    data:
+      kind: imagefolder          # imagefolder (ImageNet layout) | images (COCO) | synthetic
+      train: /data/imagenet/train
+      val: /data/imagenet/val    # optional; kNN monitor for MoCo, accuracy otherwise
+      ...                        # see castvit.train.build
+    train:                       # fields of MoCoConfig / SupervisedConfig / LinearProbeConfig
+      epochs: 100
+      ...
+
+``_base_: other.yaml`` (relative to the file) is loaded first and the file's keys are
+merged over it. Overrides on the command line use dotted keys and YAML values:
+``train.epochs=2 data.train=/tmp/x model.kwargs.img_size=64 train.grad_clip=null``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+RECIPES = ("moco", "supervised", "linear_probe")
+TOP_LEVEL = ("recipe", "output_dir", "device", "model", "data", "train")
+DATA_KEYS = ("kind", "train", "val", "classes", "image_size", "train_size", "val_size", "seed", "scene",
+             "superpixels", "eval_superpixels", "train_view", "eval_view", "knn_memory", "knn_memory_size",
+             "val_batch_size")
+MODEL_KEYS = ("name", "kwargs", "pretrained", "num_classes")
+
+
+class ConfigError(ValueError):
+    """A recipe file or override that does not make sense."""
+
+
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in top.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a recipe, resolving ``_base_`` chains."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ConfigError(f"_base_ cycle: {' -> '.join(str(p) for p in _seen + (path,))}")
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level")
+    base = data.pop("_base_", None)
+    if base is not None:
+        data = deep_merge(read_yaml(path.parent / base, _seen + (path,)), data)
+    return data
+
+
+def apply_overrides(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a copy of ``cfg``."""
+    out = copy.deepcopy(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.epochs=2)")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"cannot parse the value of override {item!r}: {exc}") from exc
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                node[p] = {}
+            node = node[p]
+        node[parts[-1]] = value
+    return out
+
+
+def _check_keys(section: str, given: dict[str, Any], allowed: tuple[str, ...] | list[str]) -> None:
+    for k in given:
+        if k not in allowed:
+            close = difflib.get_close_matches(k, list(allowed), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; allowed: {', '.join(allowed)}"
+            raise ConfigError(f"unknown key {section}.{k}{hint}")
+
+
+def recipe_config_class(recipe: str):
+    if recipe == "moco":
+        from castvit.train.moco import MoCoConfig
+
+        return MoCoConfig
+    if recipe == "supervised":
+        from castvit.train.supervised import SupervisedConfig
+
+        return SupervisedConfig
+    if recipe == "linear_probe":
+        from castvit.train.linear_probe import LinearProbeConfig
+
+        return LinearProbeConfig
+    raise ConfigError(f"recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
+
+
+def make_dataclass(cls, values: dict[str, Any], section: str):
+    """Build dataclass ``cls`` from ``values``, rejecting unknown keys by name and
+    turning lists into tuples where the field is a tuple."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    _check_keys(section, values, names)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in values:
+            v = values[f.name]
+            if isinstance(v, list) and "tuple" in str(f.type):
+                v = tuple(v)
+            kwargs[f.name] = v
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid {section}: {exc}") from exc
+
+
+def resolve(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Validate a merged config and fill every default, so what is saved beside the
+    checkpoints is the complete recipe."""
+    cfg = copy.deepcopy(cfg)
+    _check_keys("config", cfg, TOP_LEVEL)
+    recipe = cfg.get("recipe")
+    cls = recipe_config_class(recipe)
+    cfg.setdefault("output_dir", f"runs/{recipe}")
+    cfg.setdefault("device", "auto")
+    model = cfg.setdefault("model", {})
+    _check_keys("model", model, MODEL_KEYS)
+    if not model.get("name"):
+        raise ConfigError("model.name is required (see `castvit models`)")
+    model.setdefault("kwargs", {})
+    model.setdefault("pretrained", None)
+    data = cfg.setdefault("data", {})
+    _check_keys("data", data, DATA_KEYS)
+    if data.get("kind") not in ("imagefolder", "images", "synthetic"):
+        raise ConfigError(f"data.kind must be imagefolder, images or synthetic, got {data.get('kind')!r}")
+    train = make_dataclass(cls, cfg.get("train") or {}, "train")
+    cfg["train"] = dataclasses.asdict(train)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Read, override and resolve a recipe file."""
+    return resolve(apply_overrides(read_yaml(path), overrides or []))
