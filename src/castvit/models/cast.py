@@ -24,7 +24,7 @@ from castvit.models.layers import (
     Block, ConvStem, init_deit_linear_, init_moco_linear_, key_padding_to_attn_mask,
     resize_pos_grid, run_blocks, sincos_pos_embed,
 )
-from castvit.ops import segment_count, segment_mean
+from castvit.ops import segment_count, segment_sum
 
 PATCH = 8
 
@@ -53,7 +53,9 @@ def check_inputs(images: torch.Tensor, superpixels: torch.Tensor, min_superpixel
                          f"resize or pad to {h + (-h) % PATCH}×{w + (-w) % PATCH}")
     if not images.is_floating_point():
         raise ValueError(f"images must be a float tensor (normalised RGB), got {images.dtype}")
-    if not torch.isfinite(images).all():
+    # Any NaN or inf makes the sum non-finite; the sum costs a tenth of isfinite().all(),
+    # which then only runs to rule out an overflowing sum of finite values.
+    if not torch.isfinite(images.sum()) and not torch.isfinite(images).all():
         raise ValueError("images contain NaN or inf values; check the loading and normalisation")
     if not torch.is_tensor(superpixels) or superpixels.ndim != 3:
         shape = tuple(superpixels.shape) if torch.is_tensor(superpixels) else type(superpixels).__name__
@@ -78,6 +80,33 @@ def check_inputs(images: torch.Tensor, superpixels: torch.Tensor, min_superpixel
                 f"{min_superpixels} clusters of the first stage; use at least {min_superpixels} superpixels "
                 f"that each cover an {PATCH}×{PATCH} cell's top-left pixel (e.g. more n_segments, or a model "
                 f"with fewer num_clusters)")
+
+
+def superpixel_tokens(stem: ConvStem, feat: torch.Tensor, pe: torch.Tensor,
+                      labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Average stem features and positional embeddings per superpixel (SPEC §2.3).
+
+    Args:
+        stem: the conv stem that produced ``feat``; its final 1×1 projection is applied here.
+        feat: ``B×L×D`` stem features before that projection
+            (:meth:`ConvStem.forward_unprojected`), one row per cell.
+        pe: ``L×D`` positional embedding of the same cells.
+        labels: ``B×L`` superpixel id of each cell.
+
+    Returns:
+        ``(tokens B×N×D, valid B×N bool)`` with N = max id in the batch + 1; token i
+        stands for id i, and ids absent from an image give an all-zero invalid token.
+    """
+    b = feat.shape[0]
+    n = int(labels.max()) + 1
+    count = segment_count(labels, n).unsqueeze(-1)
+    valid = count.squeeze(-1) > 0
+    count = count.clamp_min(1)
+    # The projection is affine and a mean is a convex combination, so projecting the N
+    # means equals averaging the projected cells, for 4× fewer FLOPs in that layer.
+    tokens = stem.project(segment_sum(feat, labels, n) / count)
+    tokens = tokens.masked_fill(~valid.unsqueeze(-1), 0.0)
+    return tokens + segment_sum(pe.expand(b, -1, -1), labels, n) / count, valid
 
 
 class CAST(nn.Module):
@@ -213,7 +242,7 @@ class CAST(nn.Module):
         Returns ``(tokens B×N×D, cls B×1×D, valid B×N bool)`` with N = max label in the
         batch + 1; token i stands for superpixel id i.
         """
-        feat = self.patch_embed(images)
+        feat = self.patch_embed.forward_unprojected(images)
         b, gh, gw, d = feat.shape
         if self.task == "seg":
             # Labels stay at their own resolution: bring features and PE to it.
@@ -228,11 +257,7 @@ class CAST(nn.Module):
             # PyTorch 'nearest' picks the top-left pixel of each 8×8 cell.
             labels = superpixels[:, ::PATCH, ::PATCH][:, :gh, :gw]
             pe, cls_pe = self._grid_pos_embed((gh, gw))
-        labels = labels.reshape(b, -1)
-        n = int(labels.max()) + 1
-        tokens = segment_mean(feat.reshape(b, -1, d), labels, n)
-        tokens = tokens + segment_mean(pe.to(tokens.dtype).expand(b, -1, -1), labels, n)
-        valid = segment_count(labels, n) > 0
+        tokens, valid = superpixel_tokens(self.patch_embed, feat.reshape(b, -1, d), pe, labels.reshape(b, -1))
         cls = (self.cls_token + cls_pe).expand(b, -1, -1)
         return self.pos_drop(tokens), cls, valid
 
@@ -262,7 +287,10 @@ class CAST(nn.Module):
                 raise ValueError(f"image {i} has {int(kept[i])} superpixels, fewer than the "
                                  f"{self.min_superpixels} clusters of the first stage; use more superpixels")
         padding_mask = ~valid
-        stage_valid = valid if (self.mask_padded_tokens and not bool(valid.all())) else None
+        # Masks only when a token is padded: an all-True mask would cost time (masked
+        # attention kernels, a masked FPS) and change nothing.
+        any_padded = not bool(valid.all())
+        stage_valid = valid if (self.mask_padded_tokens and any_padded) else None
         out: dict[str, torch.Tensor] = {}
         blocks, cls_after_pool, logits = [], [], []
         for k in range(4):
@@ -273,7 +301,7 @@ class CAST(nn.Module):
             if k == 3 and self.task == "cls":
                 out["out4"] = self.norm(h[:, 0])
             cls_k, tokens_k = h[:, :1], h[:, 1:]
-            pool_valid = valid if k == 0 else None
+            pool_valid = valid if (k == 0 and any_padded) else None
             cls, logit, x, inds = self.pools()[k](cls_k, tokens_k, pool_valid, self.mask_padded_tokens)
             out[f"logit{k + 1}"] = logit
             out[f"centroid{k + 1}"] = x
@@ -287,7 +315,7 @@ class CAST(nn.Module):
                                        device=padding_mask.device)
             stage_valid = None
         if self.task != "cls":
-            fuse_valid = valid if (self.mask_padded_tokens and not bool(valid.all())) else None
+            fuse_valid = valid if (self.mask_padded_tokens and any_padded) else None
             fused, fused_cls = self.block_fusion(blocks, cls_after_pool, logits[:3], fuse_valid)
             if self.task == "seg_pretrain":
                 out["features"] = (fused.mean(1) if fuse_valid is None

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from castvit.models.fps import farthest_point_sampling
-from castvit.models.layers import Attention, key_padding_to_attn_mask
+from castvit.models.layers import Attention, Linear, key_padding_to_attn_mask
 
 
 def masked_token_mean(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
@@ -53,8 +53,8 @@ class GraphPool(nn.Module):
         super().__init__()
         self.num_clusters = num_clusters
         self.centroid_fc = CentroidBlock(dim, num_heads=num_heads)
-        self.fc1 = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim * 4), nn.GELU(), nn.Dropout(dropout))
-        self.fc2 = nn.Sequential(nn.LayerNorm(dim * 4), nn.Linear(dim * 4, dim))
+        self.fc1 = nn.Sequential(nn.LayerNorm(dim), Linear(dim, dim * 4), nn.GELU(), nn.Dropout(dropout))
+        self.fc2 = nn.Sequential(nn.LayerNorm(dim * 4), Linear(dim * 4, dim))
 
     def sample_centroids(self, tokens: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         """Indices ``B×K`` into ``tokens`` chosen by farthest point sampling started at the

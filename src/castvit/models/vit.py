@@ -9,11 +9,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from castvit.models.cast import PATCH, _pair, check_inputs
+from castvit.models.cast import PATCH, _pair, check_inputs, superpixel_tokens
 from castvit.models.layers import (
     Block, ConvStem, init_moco_linear_, key_padding_to_attn_mask, run_blocks, sincos_pos_embed,
 )
-from castvit.ops import segment_count, segment_mean
 
 
 class _ViTBase(nn.Module):
@@ -101,13 +100,11 @@ class SuperpixelViT(_ViTBase):
     def forward_features(self, images: torch.Tensor, superpixels: torch.Tensor):
         """Returns ``{"out4": B×D, "tokens": B×N×D, "padding_mask": B×N}``."""
         check_inputs(images, superpixels, 1)
-        feat = self.patch_embed(images)
+        feat = self.patch_embed.forward_unprojected(images)
         b, gh, gw, d = feat.shape
         labels = superpixels[:, ::PATCH, ::PATCH][:, :gh, :gw].reshape(b, -1)
-        n = int(labels.max()) + 1
-        pe = self.pos_embed[0] if (gh, gw) == self.grid_size else sincos_pos_embed(gh, gw, d).to(feat)
-        x = segment_mean(feat.reshape(b, -1, d), labels, n) + segment_mean(pe.expand(b, -1, -1), labels, n)
-        valid = segment_count(labels, n) > 0
+        pe = self.pos_embed[0] if (gh, gw) == self.grid_size else sincos_pos_embed(gh, gw, d).to(self.pos_embed)
+        x, valid = superpixel_tokens(self.patch_embed, feat.reshape(b, -1, d), pe, labels)
         x = torch.cat([(self.cls_token + self.pe_token).expand(b, -1, -1), x], dim=1)
         mask = None
         if self.mask_padded_tokens and not bool(valid.all()):
