@@ -1,0 +1,159 @@
+"""``castvit demo``: the report it writes, and numbers that can be recomputed from its
+saved predictions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from castvit import demo
+from castvit.eval import evaluate_hierarchy, is_nested, ods_ois, prf_from_counts
+
+
+@pytest.fixture(scope="module")
+def quick_report(tmp_path_factory) -> Path:
+    from castvit.cli import main
+
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "--quick", "--no-progress", "--out", str(out)]) == 0
+    return out
+
+
+def test_quick_demo_writes_json_figures_and_a_page_that_shows_them(quick_report):
+    metrics = json.loads((quick_report / "metrics.json").read_text())
+    assert set(metrics["segmentation"]) == {"trained", "untrained", "superpixels", "colour_grouping"}
+    assert metrics["verdict"].startswith("Training")
+    figures = [f for f in metrics["files"] if f.endswith(".png")]
+    assert "training_curve.png" in figures and "levels.png" in figures
+    assert any(f.startswith("examples_") for f in figures)
+    page = (quick_report / "index.html").read_text()
+    for name in figures:
+        assert (quick_report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f'href="{name}"' in page
+    assert page.count("data:image/png;base64,") == len(figures)  # the page stands alone
+    assert metrics["verdict"] in page.replace("&#x27;", "'")
+    assert not re.search(r"""(src|href)=["']https?://""", page)
+
+
+def test_report_numbers_are_recomputed_from_the_saved_predictions(quick_report):
+    metrics = json.loads((quick_report / "metrics.json").read_text())
+    saved = np.load(quick_report / "predictions.npz")
+    size = metrics["config"]["image_size"]
+    tolerance = metrics["config"]["tolerance_px"] / np.hypot(size, size)
+    assert metrics["tolerance"] == pytest.approx(tolerance)
+
+    for name in ("trained", "untrained"):
+        accuracy = float(np.mean(saved[f"pred_label_{name}"] == saved["label"]))
+        assert metrics["classification"][name]["acc"] == pytest.approx(accuracy)
+
+    for method, summary in metrics["segmentation"].items():
+        levels = saved[f"levels_{method}"]
+        assert levels.shape[1] == summary["num_levels"]
+        results = [evaluate_hierarchy(list(levels[i]), saved["object_mask"][i], saved["part_mask"][i],
+                                      tolerance=tolerance) for i in range(len(levels))]
+        for lvl, record in enumerate(summary["levels"]):
+            per_level = [r["levels"][lvl] for r in results]
+            assert record["num_segments"] == pytest.approx(np.mean([p["num_segments"] for p in per_level]))
+            for gt in ("object", "parts"):
+                prf = prf_from_counts([p[gt]["boundary"] for p in per_level])
+                assert record[gt]["boundary_f"] == pytest.approx(prf["f"])
+                assert record[gt]["boundary_precision"] == pytest.approx(prf["precision"])
+                assert record[gt]["boundary_recall"] == pytest.approx(prf["recall"])
+                for key in ("covering", "vi", "pri", "miou"):
+                    assert record[gt][key] == pytest.approx(np.mean([p[gt][key] for p in per_level])), (method, key)
+        for gt in ("object", "parts"):
+            chosen = summary["ods_ois_levels"]
+            oo = ods_ois([[r["levels"][lvl][gt]["boundary"] for lvl in chosen] for r in results])
+            assert summary["ods_ois"][gt]["ods_f"] == pytest.approx(oo["ods_f"])
+            assert summary["ods_ois"][gt]["ois_f"] == pytest.approx(oo["ois_f"])
+        assert summary["hierarchy_consistency"] == pytest.approx(
+            np.mean([r["hierarchy_consistency"] for r in results]))
+
+
+def test_saved_hierarchies_share_the_superpixels_and_are_nested(quick_report):
+    saved = np.load(quick_report / "predictions.npz")
+    for method in ("trained", "untrained", "colour_grouping"):
+        levels = saved[f"levels_{method}"]
+        assert np.array_equal(levels[:, 0], saved["superpixels"]), method
+        for maps in levels:
+            assert all(is_nested(fine, coarse) for fine, coarse in zip(maps, maps[1:])), method
+
+
+def test_verdict_rows_agree_with_their_counts(quick_report):
+    comparison = json.loads((quick_report / "metrics.json").read_text())["comparison"]
+    for baseline, rows in comparison["pairs"].items():
+        for row in rows:
+            expected = "win" if row["low"] > 0 else "loss" if row["high"] < 0 else "tie"
+            assert row["outcome"] == expected
+        counts = {o: sum(r["outcome"] == o for r in rows) for o in ("win", "loss", "tie")}
+        assert comparison["counts"][baseline] == counts
+        assert comparison["beats"][baseline] == (counts["win"] > counts["loss"] + counts["tie"])
+
+
+def test_colour_grouping_is_nested_and_cut_at_the_requested_counts():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, size=(32, 32, 3), dtype=np.uint8)
+    superpixels = (np.arange(32)[:, None] // 4) * 8 + np.arange(32)[None, :] // 4  # 64 squares
+    levels = demo.colour_grouping(image, superpixels, (16, 8, 4, 2))
+    assert np.array_equal(levels[0], superpixels)
+    assert [np.unique(m).size for m in levels] == [64, 16, 8, 4, 2]
+    assert all(is_nested(f, c) for f, c in zip(levels, levels[1:]))
+
+
+def test_colour_grouping_separates_two_flat_colours():
+    image = np.zeros((16, 16, 3), np.uint8)
+    image[:, 8:] = (200, 30, 30)
+    superpixels = (np.arange(16)[:, None] // 4) * 4 + np.arange(16)[None, :] // 4
+    coarse = demo.colour_grouping(image, superpixels, (2,))[1]
+    assert np.unique(coarse[:, :8]).size == 1 and np.unique(coarse[:, 8:]).size == 1
+    assert coarse[0, 0] != coarse[0, 15]
+
+
+def _scores(per_image_value: float, n: int = 30, levels: int = 3, noise: float = 0.01, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    table = {}
+    for gt in ("object", "parts"):
+        values = {k: per_image_value + noise * rng.standard_normal((n, levels)) for k in ("covering", "vi", "pri",
+                                                                                            "miou")}
+        matched = np.round(100 * per_image_value + rng.integers(0, 3, (n, levels)))
+        values.update(matched_pred=matched, num_pred=np.full((n, levels), 100.0), matched_gt=matched,
+                      num_gt=np.full((n, levels), 100.0))
+        table[gt] = values
+    return demo.MethodScores({"num_levels": levels}, table)
+
+
+def test_verdict_says_not_when_the_trained_model_is_worse():
+    scores = {"trained": _scores(0.3), "untrained": _scores(0.5, seed=1), "colour_grouping": _scores(0.7, seed=2),
+              "superpixels": _scores(0.2, levels=1, seed=3)}
+    comparison = demo.compare_methods(scores, num_resamples=200)
+    assert comparison["beats"] == {"untrained": False, "colour_grouping": False, "superpixels": True}
+    assert "does NOT beat the untrained model or the colour grouping" in comparison["verdict"]
+
+
+def test_flags_override_the_defaults_and_quick_shrinks_the_run():
+    parser = argparse.ArgumentParser()
+    demo.add_arguments(parser)
+    cfg = demo.config_from_args(parser.parse_args(["--epochs", "3", "--clusters", "8,4,2,2", "--image-size", "96"]))
+    assert (cfg.epochs, cfg.num_clusters, cfg.image_size) == (3, (8, 4, 2, 2), 96)
+    assert cfg.num_train == demo.DemoConfig().num_train
+    quick = demo.config_from_args(parser.parse_args(["--quick", "--epochs", "2"]))
+    assert quick.epochs == 2 and quick.num_train < cfg.num_train
+
+
+@pytest.mark.slow
+def test_default_demo_finishes_within_ten_minutes(tmp_path):
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "castvit.cli", "demo", "--no-progress", "--out", str(tmp_path)],
+                   check=True, timeout=900)
+    elapsed = time.perf_counter() - start
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert (tmp_path / "index.html").exists()
+    assert elapsed < 600, f"the default demo took {elapsed:.0f} s (timing: {metrics['timing']})"
