@@ -9,7 +9,7 @@ import torch
 
 import castvit
 from castvit.models import model_entry
-from castvit.models.layers import sincos_pos_embed
+from castvit.models.layers import Dropout, sincos_pos_embed
 from conftest import FIXTURES
 
 SMALL = dict(img_size=64, embed_dim=48, num_heads=4, num_classes=5)
@@ -111,6 +111,29 @@ def test_forward_features_returns_the_documented_keys(name):
         assert feats[f"sampled_inds{k}"].shape == (2, model.num_clusters[k - 1])
     assert ("out4" in feats) == (model.task == "cls")
     assert ("features" in feats) == (model.task != "cls")
+
+
+@pytest.mark.parametrize("name", [n for n in castvit.list_models() if n.startswith("cast") and "base" not in n])
+def test_forward_equals_the_head_of_forward_features(name):
+    """``model()`` may skip work the head never reads (a classifier's last pooling)."""
+    model = castvit.create_model(name, **tiny_overrides(name)).eval()
+    images, sp = torch.randn(2, 3, 64, 64), grid_superpixels(2, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(images, sp), model.forward_head(model.forward_features(images, sp)))
+
+
+def test_dropout_zeroes_a_fraction_p_and_rescales_the_rest():
+    drop = Dropout(0.25)
+    x = torch.ones(400, 500, requires_grad=True)
+    y = drop(x)
+    kept = y != 0
+    assert abs(1 - kept.float().mean().item() - 0.25) < 0.005
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.75))
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # the gradient passes through the same mask and scale
+    assert not torch.equal(drop(x), drop(x))  # a new mask per call
+    drop.eval()
+    assert drop(x) is x
 
 
 def test_overrides_reach_the_modules():

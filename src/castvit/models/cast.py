@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from castvit.models.graph_pool import BlockFusion, GraphPool, Pooling
 from castvit.models.layers import (
-    Block, ConvStem, init_deit_linear_, init_moco_linear_, key_padding_to_attn_mask,
+    Block, ConvStem, Dropout, init_deit_linear_, init_moco_linear_, key_padding_to_attn_mask,
     resize_pos_grid, run_blocks, sincos_pos_embed,
 )
 from castvit.ops import segment_count, segment_sum
@@ -169,7 +169,7 @@ class CAST(nn.Module):
         else:
             self.pos_embed = nn.Parameter(torch.zeros(1, n_grid + 1, embed_dim))
         self.patch_embed = ConvStem(embed_dim, PATCH)
-        self.pos_drop = nn.Dropout(drop_rate)
+        self.pos_drop = Dropout(drop_rate)
 
         dpr = [drop_path_rate * i / max(sum(depth) - 1, 1) for i in range(sum(depth))]
         all_blocks = [Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dpr[i])
@@ -278,6 +278,11 @@ class CAST(nn.Module):
             seg_pretrain, ``B×N_1×D`` for MoCo seg, ``B×(1+N_1)×D`` cls+tokens for DeiT
             seg).
         """
+        return self._features(images, superpixels, last_pool=True)
+
+    def _features(self, images: torch.Tensor, superpixels: torch.Tensor, *, last_pool: bool) -> dict[str, torch.Tensor]:
+        """:meth:`forward_features`; ``last_pool=False`` (classifiers only) skips the
+        last graph pooling, whose output the head never reads (no ``*4`` pooling keys)."""
         check_inputs(images, superpixels, self.min_superpixels if self.task != "seg" else None)
         x, cls, valid = self.tokenize(images, superpixels)
         if self.task == "seg":
@@ -301,6 +306,8 @@ class CAST(nn.Module):
             if k == 3 and self.task == "cls":
                 out["out4"] = self.norm(h[:, 0])
             cls_k, tokens_k = h[:, :1], h[:, 1:]
+            if k == 3 and not last_pool:
+                break
             pool_valid = valid if (k == 0 and any_padded) else None
             cls, logit, x, inds = self.pools()[k](cls_k, tokens_k, pool_valid, self.mask_padded_tokens)
             out[f"logit{k + 1}"] = logit
@@ -338,4 +345,4 @@ class CAST(nn.Module):
     def forward(self, images: torch.Tensor, superpixels: torch.Tensor) -> torch.Tensor:
         """Head output: ``B×num_classes`` (cls, seg_pretrain), ``B×N1×num_classes`` (MoCo
         seg) or ``B×(1+N1)×D`` encoder features (DeiT seg)."""
-        return self.forward_head(self.forward_features(images, superpixels))
+        return self.forward_head(self._features(images, superpixels, last_pool=self.task != "cls"))

@@ -29,6 +29,20 @@ class DropPath(nn.Module):
         return f"drop_prob={self.drop_prob}"
 
 
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` (same arguments and behaviour) whose CPU mask comes from
+    ``rand_like``: the ``bernoulli_`` behind ``F.dropout`` costs about 1.6× as much on
+    CPU, and the graph pooling's 4D-wide dropout made it 2.4 % of a cast_small train
+    step. Other devices keep the fused kernel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if x.device.type != "cpu" or self.p >= 1.0 or self.inplace:
+            return super().forward(x)
+        return x * (torch.rand_like(x) >= self.p) * (1.0 / (1.0 - self.p))
+
+
 #: Route no-grad fp32 CPU linears to oneDNN (see :func:`linear`). Set to False to use
 #: ``F.linear`` everywhere, e.g. under ``FlopCounterMode``, which does not count oneDNN ops.
 ONEDNN_LINEAR = True
@@ -88,7 +102,7 @@ class Mlp(nn.Module):
         super().__init__()
         self.fc1 = Linear(dim, hidden_dim)
         self.fc2 = Linear(hidden_dim, dim)
-        self.drop = nn.Dropout(drop)
+        self.drop = Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = linear(x, self.fc1.weight, self.fc1.bias, gelu=True)
@@ -118,7 +132,7 @@ class Attention(nn.Module):
         self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = attn_drop
         self.proj = Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.proj_drop = Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         b, n, c = x.shape
