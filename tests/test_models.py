@@ -122,6 +122,28 @@ def test_forward_equals_the_head_of_forward_features(name):
         assert torch.equal(model(images, sp), model.forward_head(model.forward_features(images, sp)))
 
 
+@pytest.mark.parametrize("name", ["cast_small_seg", "cast_small_deit_seg"])
+def test_segmentation_models_take_label_maps_at_their_own_resolution(name):
+    """At the 8×8 feature grid's own resolution the bilinear and bicubic resizes are
+    identities, so the tokens must equal the pretrain model's, whose labels are read on
+    that grid from a map that is constant on every 8×8 cell."""
+    pretrain_name = name.replace("_seg", "_seg_pretrain")
+    seg = castvit.create_model(name, **tiny_overrides(name)).eval()
+    pretrain = castvit.create_model(pretrain_name, **tiny_overrides(pretrain_name)).eval()
+    pretrain.load_state_dict(seg.state_dict(), strict=False)
+    images = torch.randn(2, 3, 64, 64)
+    cells = grid_superpixels(2, 8, 8, cell=1)
+    with torch.no_grad():
+        ours = seg.tokenize(images, cells)
+        ref = pretrain.tokenize(images, cells.repeat_interleave(8, 1).repeat_interleave(8, 2))
+        for a, b in zip(ours, ref):
+            assert torch.allclose(a, b, atol=1e-5)
+        fine = grid_superpixels(2, 128, 96, cell=16)  # labels finer than the image, another aspect
+        assert seg.forward_features(images, fine)["logit1"].shape[1] == int(fine.max()) + 1
+    with pytest.raises(ValueError, match="one label map per image"):
+        seg(images, fine[:1])
+
+
 def test_dropout_zeroes_a_fraction_p_and_rescales_the_rest():
     drop = Dropout(0.25)
     x = torch.ones(400, 500, requires_grad=True)

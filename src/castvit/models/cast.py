@@ -33,7 +33,8 @@ def _pair(v) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
-def check_inputs(images: torch.Tensor, superpixels: torch.Tensor, min_superpixels: int | None = None) -> None:
+def check_inputs(images: torch.Tensor, superpixels: torch.Tensor, min_superpixels: int | None = None, *,
+                 any_label_size: bool = False) -> None:
     """Raise ``ValueError`` with a fix for inputs the model cannot use.
 
     Args:
@@ -41,6 +42,8 @@ def check_inputs(images: torch.Tensor, superpixels: torch.Tensor, min_superpixel
         superpixels: ``B×H×W`` integer labels ≥ 0.
         min_superpixels: if given, each image must keep at least this many distinct
             superpixels on the 8-px token grid (the first stage's cluster count).
+        any_label_size: accept ``B×h×w`` label maps of any size (the segmentation
+            models bring features to the labels' resolution).
     """
     if not torch.is_tensor(images) or images.ndim != 4:
         shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
@@ -60,7 +63,10 @@ def check_inputs(images: torch.Tensor, superpixels: torch.Tensor, min_superpixel
     if not torch.is_tensor(superpixels) or superpixels.ndim != 3:
         shape = tuple(superpixels.shape) if torch.is_tensor(superpixels) else type(superpixels).__name__
         raise ValueError(f"superpixels must be a B×H×W integer tensor, got {shape}")
-    if tuple(superpixels.shape) != (b, h, w):
+    if any_label_size and superpixels.shape[0] != b:
+        raise ValueError(f"superpixel maps for {superpixels.shape[0]} images, but {b} images; "
+                         "pass one label map per image")
+    if not any_label_size and tuple(superpixels.shape) != (b, h, w):
         raise ValueError(f"superpixel map shape {tuple(superpixels.shape)} does not match the images "
                          f"({b}×{h}×{w}); compute superpixels on the same (resized) images")
     if superpixels.is_floating_point() or superpixels.is_complex() or superpixels.dtype == torch.bool:
@@ -267,7 +273,8 @@ class CAST(nn.Module):
 
         Args:
             images: ``B×3×H×W`` normalised float images, H, W multiples of 8.
-            superpixels: ``B×H×W`` int64 labels (ids ≥ 0; ids need not be contiguous).
+            superpixels: ``B×H×W`` int64 labels (ids ≥ 0; ids need not be contiguous);
+                segmentation (``*_seg``) models take label maps of any size ``B×h×w``.
 
         Returns:
             A dict with, for stage K = 1..4: ``logitK`` ``B×N_K×C_K`` pooling logits
@@ -283,7 +290,8 @@ class CAST(nn.Module):
     def _features(self, images: torch.Tensor, superpixels: torch.Tensor, *, last_pool: bool) -> dict[str, torch.Tensor]:
         """:meth:`forward_features`; ``last_pool=False`` (classifiers only) skips the
         last graph pooling, whose output the head never reads (no ``*4`` pooling keys)."""
-        check_inputs(images, superpixels, self.min_superpixels if self.task != "seg" else None)
+        seg = self.task == "seg"
+        check_inputs(images, superpixels, None if seg else self.min_superpixels, any_label_size=seg)
         x, cls, valid = self.tokenize(images, superpixels)
         if self.task == "seg":
             kept = valid.sum(1)
