@@ -364,22 +364,19 @@ def target_report(rows: list[dict[str, Any]], extras: dict[str, Any]) -> list[di
     def get(mode, dtype):
         return next((r for r in rows if r["model"] == "cast_small" and r["mode"] == mode and r["dtype"] == dtype), None)
 
+    def rate_target(label: str, row: dict[str, Any], key: str) -> dict[str, Any]:
+        need = TARGETS[key]
+        return {"target": f"{label} img/s @170 GFLOP/s", "measured": row["img_s_at_reference_peak"],
+                "need": f">= {need}", "met": row["img_s_at_reference_peak"] >= need,
+                "as_fraction_of_peak": row["fraction_of_peak"],
+                "needed_fraction_of_peak": need * row["gflop_per_img"] / C.REFERENCE_PEAK_GFLOPS}
+
     out = []
     fwd, train, bf16 = get("forward", "fp32"), get("train", "fp32"), get("forward", "bf16")
     if fwd:
-        out.append({"target": "fp32 forward img/s @170 GFLOP/s", "measured": fwd["img_s_at_reference_peak"],
-                    "need": f">= {TARGETS['fp32_forward_img_s']}",
-                    "met": fwd["img_s_at_reference_peak"] >= TARGETS["fp32_forward_img_s"],
-                    "as_fraction_of_peak": fwd["fraction_of_peak"],
-                    "needed_fraction_of_peak": TARGETS["fp32_forward_img_s"] * fwd["gflop_per_img"]
-                    / C.REFERENCE_PEAK_GFLOPS})
+        out.append(rate_target("fp32 forward", fwd, "fp32_forward_img_s"))
     if train:
-        out.append({"target": "fp32 train step img/s @170 GFLOP/s", "measured": train["img_s_at_reference_peak"],
-                    "need": f">= {TARGETS['fp32_train_img_s']}",
-                    "met": train["img_s_at_reference_peak"] >= TARGETS["fp32_train_img_s"],
-                    "as_fraction_of_peak": train["fraction_of_peak"],
-                    "needed_fraction_of_peak": TARGETS["fp32_train_img_s"] * train["gflop_per_img"]
-                    / C.REFERENCE_PEAK_GFLOPS})
+        out.append(rate_target("fp32 train step", train, "fp32_train_img_s"))
     if fwd and bf16:
         agree = extras.get("cast_small", {}).get("bf16_agreement", {})
         ok = bf16["speedup_over_fp32"] >= TARGETS["bf16_over_fp32_forward"] and agree.get("within_tolerance", False)
