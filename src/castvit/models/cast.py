@@ -287,7 +287,8 @@ class CAST(nn.Module):
         """
         return self._features(images, superpixels, last_pool=True)
 
-    def _features(self, images: torch.Tensor, superpixels: torch.Tensor, *, last_pool: bool) -> dict[str, torch.Tensor]:
+    def _features(self, images: torch.Tensor, superpixels: torch.Tensor, *,
+                  last_pool: bool) -> dict[str, torch.Tensor]:
         """:meth:`forward_features`; ``last_pool=False`` (classifiers only) skips the
         last graph pooling, whose output the head never reads (no ``*4`` pooling keys)."""
         seg = self.task == "seg"

@@ -86,6 +86,7 @@ class GraphPool(nn.Module):
         else:
             assign_w = assign
 
+        # fc1[2] (the GELU module) stays for the published layout; the GELU is fused here.
         norm, fc, _, drop = self.fc1
         f = drop(linear(norm(torch.cat([cls, tokens], dim=1)), fc.weight, fc.bias, gelu=True))
         f_cls, f_tok = f[:, :1], f[:, 1:]
