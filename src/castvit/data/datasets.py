@@ -265,10 +265,12 @@ def build_loader(dataset: Dataset, transform: Callable | None = None, *, batch_s
         rank, world_size: default from the initialised process group (or 0 and 1).
         keep_keys: item keys to pass through besides the view (default: all).
     """
-    from castvit.train.distributed import get_rank, get_world_size
-
-    rank = get_rank() if rank is None else rank
-    world_size = get_world_size() if world_size is None else world_size
+    # The process group is read from torch directly: data/ sits below train/.
+    grouped = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if rank is None:
+        rank = torch.distributed.get_rank() if grouped else 0
+    if world_size is None:
+        world_size = torch.distributed.get_world_size() if grouped else 1
     if transform is not None:
         dataset = ViewDataset(dataset, transform, seed=seed, keep_keys=keep_keys)
     elif not isinstance(dataset, ViewDataset):
