@@ -1,6 +1,6 @@
 """Figures and the one-page HTML report of ``castvit demo``.
 
-:func:`write_report` takes the demo's metrics (the content of ``metrics.json``) and its
+:func:`write_figures` and then :func:`write_html` take the demo's metrics (the content of ``metrics.json``) and its
 predictions (the arrays of ``predictions.npz``) and writes, into the report folder:
 
 * ``examples_K.png``: test image ``K`` with its ground truth and superpixels, then one
@@ -197,22 +197,6 @@ def write_html(out_dir: str | Path, metrics: dict[str, Any], examples: list[int]
     out = Path(out_dir)
     (out / "index.html").write_text(render_html(metrics, out, examples), encoding="utf-8")
     return "index.html"
-
-
-def write_report(out_dir: str | Path, metrics: dict[str, Any], predictions: dict[str, np.ndarray]) -> list[str]:
-    """Write the figures and ``index.html`` into ``out_dir``.
-
-    Args:
-        out_dir: the report folder (exists).
-        metrics: the demo's ``metrics.json`` content (config, data, classification,
-            segmentation, comparison, verdict, history, timing, table).
-        predictions: the demo's ``predictions.npz`` arrays.
-
-    Returns:
-        The names of the files written, relative to ``out_dir`` (``index.html`` last).
-    """
-    files, examples = write_figures(out_dir, metrics, predictions)
-    return files + [write_html(out_dir, metrics, examples)]
 
 
 # ------------------------------------------------------------------------------ HTML
