@@ -1,7 +1,8 @@
 """Figures and the one-page HTML report of ``castvit demo``.
 
-:func:`write_figures` and then :func:`write_html` take the demo's metrics (the content of ``metrics.json``) and its
-predictions (the arrays of ``predictions.npz``) and writes, into the report folder:
+:func:`write_figures` (from the demo's metrics, the content of ``metrics.json``, and its
+predictions, the arrays of ``predictions.npz``) and then :func:`write_html` write into the
+report folder:
 
 * ``examples_K.png``: test image ``K`` with its ground truth and superpixels, then one
   row per method with its levels 1..4 (segments in distinct colours over the image,
