@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from castvit import demo
+from castvit.cli import demo as cli_demo
 from castvit.eval import evaluate_hierarchy, is_nested, ods_ois, prf_from_counts
 
 
@@ -140,11 +141,11 @@ def test_verdict_says_not_when_the_trained_model_is_worse():
 
 def test_flags_override_the_defaults_and_quick_shrinks_the_run():
     parser = argparse.ArgumentParser()
-    demo.add_arguments(parser)
-    cfg = demo.config_from_args(parser.parse_args(["--epochs", "3", "--clusters", "8,4,2,2", "--image-size", "96"]))
+    cli_demo.add_arguments(parser)
+    cfg = cli_demo.config_from_args(parser.parse_args(["--epochs", "3", "--clusters", "8,4,2,2", "--image-size", "96"]))
     assert (cfg.epochs, cfg.num_clusters, cfg.image_size) == (3, (8, 4, 2, 2), 96)
     assert cfg.num_train == demo.DemoConfig().num_train
-    quick = demo.config_from_args(parser.parse_args(["--quick", "--epochs", "2"]))
+    quick = cli_demo.config_from_args(parser.parse_args(["--quick", "--epochs", "2"]))
     assert quick.epochs == 2 and quick.num_train < cfg.num_train
 
 

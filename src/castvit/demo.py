@@ -46,7 +46,6 @@ against the superpixels alone uses covering, boundary F and VI instead.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -58,11 +57,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from castvit.eval.baselines import colour_grouping, colour_grouping_batch
+from castvit.eval.compare import GT_NAMES, HEADLINE, MethodScores, compare_methods, score_method
+
 METHODS = ("trained", "untrained", "colour_grouping", "superpixels")
 GROUPING_METHODS = ("trained", "untrained", "colour_grouping")
-GT_NAMES = ("object", "parts")
-# (key in a level's scores, higher is better, short name)
-HEADLINE = (("boundary_f", True, "bF"), ("covering", True, "cov"), ("miou", True, "mIoU"), ("vi", False, "VI"))
 
 
 @dataclasses.dataclass
@@ -125,71 +124,6 @@ class DemoConfig:
         base = dict(num_train=48, num_test=12, embed_dim=48, epochs=1, batch_size=16, num_examples=2, bootstrap=100)
         base.update(overrides)
         return cls(**base)
-
-
-# ----------------------------------------------------------------------- command line
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    d = DemoConfig()
-    parser.add_argument("--out", default="castvit-demo", help="report folder (default: %(default)s)")
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny run for tests: 48 training images, 1 epoch (other flags still apply)")
-    parser.add_argument("--epochs", type=int, help=f"training epochs (default {d.epochs})")
-    parser.add_argument("--num-train", type=int, help=f"training scenes (default {d.num_train})")
-    parser.add_argument("--num-test", type=int, help=f"test scenes (default {d.num_test})")
-    parser.add_argument("--image-size", type=int, help=f"scene side in pixels, multiple of 8 (default {d.image_size})")
-    parser.add_argument("--num-classes", type=int, help=f"object classes, 2..8 (default {d.num_classes})")
-    parser.add_argument("--clutter", type=float, help=f"background clutter in [0, 1] (default {d.clutter})")
-    parser.add_argument("--object-scale", type=_float_pair, help="object diameter as a fraction of the image "
-                        f"side, low,high (default {d.object_scale[0]},{d.object_scale[1]})")
-    parser.add_argument("--embed-dim", type=int, help=f"CAST width (default {d.embed_dim})")
-    parser.add_argument("--depth", type=_int_list, help="blocks per stage, e.g. 1,1,1,1 (default "
-                        f"{','.join(map(str, d.depth))})")
-    parser.add_argument("--num-heads", type=int, help=f"attention heads (default {d.num_heads})")
-    parser.add_argument("--clusters", type=_int_list, dest="num_clusters",
-                        help="segments of levels 1..4, e.g. 16,8,4,2 (default "
-                        f"{','.join(map(str, d.num_clusters))})")
-    parser.add_argument("--superpixels", choices=("seeds", "slic"), help=f"superpixel method (default {d.superpixels})")
-    parser.add_argument("--n-segments", type=int, help=f"superpixels requested per image (default {d.n_segments})")
-    parser.add_argument("--batch-size", type=int, help=f"training batch (default {d.batch_size})")
-    parser.add_argument("--lr", type=float, help=f"peak learning rate (default {d.lr})")
-    parser.add_argument("--seed", type=int, help=f"data, initialisation and order seed (default {d.seed})")
-    parser.add_argument("--device", help=f"torch device, e.g. cpu or cuda (default {d.device})")
-    parser.add_argument("--threads", type=int, help=f"CPU threads for torch (default {d.threads})")
-    parser.add_argument("--tolerance-px", type=float,
-                        help=f"boundary match distance in pixels (default {d.tolerance_px})")
-    parser.add_argument("--examples", type=int, dest="num_examples",
-                        help=f"test images in the example figures (default {d.num_examples})")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _float_pair(text: str) -> tuple[float, float]:
-    try:
-        low, high = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected two comma-separated numbers, got {text!r}") from None
-    return low, high
-
-
-def config_from_args(args: argparse.Namespace) -> DemoConfig:
-    """The :class:`DemoConfig` the flags ask for (``--quick`` first, then each flag)."""
-    fields = {f.name for f in dataclasses.fields(DemoConfig)}
-    overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    return DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    run_demo(cfg, args.out, progress=not args.no_progress)
-    return 0
 
 
 # ------------------------------------------------------------------------ the run
@@ -453,233 +387,6 @@ def predict_hierarchies(model: torch.nn.Module, split: dict[str, Any], device: s
         for h in Hierarchy.from_outputs(feats, sp):
             levels.append(np.stack(h.label_maps()).astype(np.int16))
     return np.concatenate(labels).astype(np.int64), np.stack(levels)
-
-
-# --------------------------------------------------------------- non-learned grouping
-
-
-def colour_grouping(image: np.ndarray, superpixels: np.ndarray, num_segments: Sequence[int]) -> np.ndarray:
-    """A nested grouping of superpixels by colour alone (the non-learned baseline).
-
-    Agglomerative clustering with Ward's criterion on each superpixel's mean CIELAB
-    colour: repeatedly merge the two *adjacent* regions whose merge least increases
-    the within-region colour variance (cost ``n_a n_b / (n_a + n_b) · |μ_a − μ_b|²``
-    with ``n`` in pixels), and record the partition when ``k`` regions are left, for
-    every ``k`` in ``num_segments``. One merge sequence gives every level, so the
-    levels are strictly nested, like CAST's. If no adjacent pair is left (a region
-    graph in pieces), the closest non-adjacent pair is merged.
-
-    Args:
-        image: ``H×W×3`` uint8 RGB.
-        superpixels: ``H×W`` integer labels.
-        num_segments: segments per level, fine to coarse (e.g. ``(16, 8, 4, 2)``); a
-            level asking for at least as many segments as there are superpixels is
-            the superpixel map.
-
-    Returns:
-        ``(1 + L)×H×W`` int16: the superpixels relabelled ``0..K-1``, then one map per
-        level.
-    """
-    from skimage.color import rgb2lab
-
-    from castvit.ops import relabel_contiguous
-
-    sp = relabel_contiguous(superpixels)
-    n = int(sp.max()) + 1
-    flat = sp.ravel()
-    size = np.bincount(flat, minlength=n).astype(np.float64)
-    lab = rgb2lab(image).reshape(-1, 3)
-    mean = np.stack([np.bincount(flat, lab[:, c], minlength=n) for c in range(3)], 1) / size[:, None]
-    adjacent = np.zeros((n, n), bool)
-    for a, b in ((sp[:, :-1], sp[:, 1:]), (sp[:-1], sp[1:])):
-        adjacent[a.ravel(), b.ravel()] = True
-    adjacent |= adjacent.T
-    np.fill_diagonal(adjacent, False)
-
-    def ward(i: int | slice) -> np.ndarray:
-        return size[i, None] * size[None] / (size[i, None] + size[None]) * ((mean[i, None] - mean[None]) ** 2).sum(-1)
-
-    cost = ward(slice(None))
-    alive = np.ones(n, bool)
-    owner = np.arange(n)  # superpixel -> current region
-    wanted = sorted({min(k, n) for k in num_segments}, reverse=True)
-    cuts = {n: owner.copy()}
-    for remaining in range(n, min(wanted), -1):
-        masked = np.where(adjacent & alive[:, None] & alive[None], cost, np.inf)
-        if not np.isfinite(masked).any():
-            masked = np.where(alive[:, None] & alive[None], cost, np.inf)
-            np.fill_diagonal(masked, np.inf)
-        i, j = np.unravel_index(int(np.argmin(masked)), masked.shape)
-        i, j = (i, j) if i < j else (j, i)
-        mean[i] = (size[i] * mean[i] + size[j] * mean[j]) / (size[i] + size[j])
-        size[i] += size[j]
-        alive[j] = False
-        owner[owner == j] = i
-        adjacent[i] |= adjacent[j]
-        adjacent[:, i] = adjacent[i]
-        adjacent[i, i] = False
-        cost[i] = ward(i)
-        cost[:, i] = cost[i]
-        cuts[remaining - 1] = owner.copy()
-    maps = [sp] + [relabel_contiguous(cuts[min(k, n)][sp]) for k in num_segments]
-    return np.stack(maps).astype(np.int16)
-
-
-def colour_grouping_batch(images: np.ndarray, superpixels: np.ndarray, num_segments: Sequence[int], *,
-                          progress: bool = False) -> np.ndarray:
-    """:func:`colour_grouping` of every image: ``N×(1+L)×H×W`` int16."""
-    return np.stack([colour_grouping(im, sp, num_segments)
-                     for im, sp in _bar(zip(images, superpixels), progress, "colour grouping", total=len(images))])
-
-
-# --------------------------------------------------------------------------- scoring
-
-
-@dataclasses.dataclass
-class MethodScores:
-    """Scores of one method: ``summary`` (JSON) and per-image arrays for the bootstrap.
-
-    ``per_image[gt][key]`` is ``N×L``; for boundaries the four raw counts are kept
-    (``matched_pred``, ``num_pred``, ``matched_gt``, ``num_gt``).
-    """
-
-    summary: dict[str, Any]
-    per_image: dict[str, dict[str, np.ndarray]]
-
-
-def score_method(levels: np.ndarray, gt_object: np.ndarray, gt_parts: np.ndarray, tolerance_px: float, *,
-                 progress: bool = False, desc: str = "") -> MethodScores:
-    """Score one method's hierarchies (``N×L×H×W``) against both ground truths.
-
-    Per level: boundary P/R/F from counts summed over images, the means over images
-    of covering, VI, PRI and majority-label mIoU, and the mean number of segments;
-    ODS/OIS over levels 1..L-1 (every level when there is only one); the mean
-    hierarchy consistency.
-    """
-    from castvit.eval import COUNT_KEYS, evaluate_hierarchy, ods_ois, prf_from_counts
-
-    n, num_levels, h, w = levels.shape
-    tolerance = tolerance_px / math.hypot(h, w)
-    region_keys = ("covering", "vi", "pri", "miou")
-    per_image = {g: {k: np.zeros((n, num_levels)) for k in (*region_keys, *COUNT_KEYS)} for g in GT_NAMES}
-    segments = np.zeros((n, num_levels))
-    consistency = np.zeros(n)
-    for i in _bar(range(n), progress, f"scoring {desc}"):
-        result = evaluate_hierarchy(list(levels[i]), gt_object[i], gt_parts[i], tolerance=tolerance)
-        consistency[i] = result["hierarchy_consistency"]
-        for lvl, rec in enumerate(result["levels"]):
-            segments[i, lvl] = rec["num_segments"]
-            for g in GT_NAMES:
-                for k in region_keys:
-                    per_image[g][k][i, lvl] = rec[g][k]
-                for k in COUNT_KEYS:
-                    per_image[g][k][i, lvl] = rec[g]["boundary"][k]
-    ods_levels = list(range(1, num_levels)) if num_levels > 1 else [0]
-    summary: dict[str, Any] = {"num_levels": num_levels, "ods_ois_levels": ods_levels,
-                               "hierarchy_consistency": float(consistency.mean()), "levels": [], "ods_ois": {}}
-    for lvl in range(num_levels):
-        record: dict[str, Any] = {"level": lvl, "num_segments": float(segments[:, lvl].mean())}
-        for g in GT_NAMES:
-            counts = [{k: int(per_image[g][k][i, lvl]) for k in COUNT_KEYS} for i in range(n)]
-            prf = prf_from_counts(counts)
-            record[g] = {"boundary_precision": prf["precision"], "boundary_recall": prf["recall"],
-                         "boundary_f": prf["f"], **{k: float(per_image[g][k][:, lvl].mean()) for k in region_keys}}
-        summary["levels"].append(record)
-    for g in GT_NAMES:
-        counts = [[{k: int(per_image[g][k][i, lvl]) for k in COUNT_KEYS} for lvl in ods_levels] for i in range(n)]
-        oo = ods_ois(counts)
-        summary["ods_ois"][g] = {"ods_f": oo["ods_f"], "ods_level": ods_levels[oo["ods_level"]],
-                                 "ois_f": oo["ois_f"]}
-    return MethodScores(summary, per_image)
-
-
-def _boundary_f(c: dict[str, np.ndarray]) -> np.ndarray:
-    """F from summed counts along the first axis (NaN-free: empty sides give 0)."""
-    p = np.divide(c["matched_pred"], c["num_pred"], out=np.zeros_like(c["matched_pred"]), where=c["num_pred"] > 0)
-    r = np.divide(c["matched_gt"], c["num_gt"], out=np.zeros_like(c["matched_gt"]), where=c["num_gt"] > 0)
-    return np.divide(2 * p * r, p + r, out=np.zeros_like(p), where=(p + r) > 0)
-
-
-def _statistic(scores: MethodScores, gt: str, key: str, level: int, idx: np.ndarray) -> np.ndarray:
-    """The dataset-level value of ``key`` at ``level`` for each resample ``idx`` (``R×N``)."""
-    table = scores.per_image[gt]
-    if key == "boundary_f":
-        summed = {k: table[k][:, level][idx].sum(-1) for k in ("matched_pred", "num_pred", "matched_gt", "num_gt")}
-        return _boundary_f(summed)
-    return table[key][:, level][idx].mean(-1)
-
-
-def compare_methods(scores: dict[str, MethodScores], num_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Does training beat the baselines? Paired bootstrap over test images.
-
-    For each baseline, each ground truth, each headline metric (boundary F, covering,
-    mIoU, VI) and each grouping level, the difference ``trained − baseline``
-    (``baseline − trained`` for VI, so positive always favours training) gets a 95 %
-    percentile interval from ``num_resamples`` resamples of the test images (the same
-    images for both methods). The trained model *wins* a comparison when the interval
-    lies above zero, *loses* when below, else it is a tie. Against the superpixels
-    alone (one level) the trained model's best level by the full-set value is used,
-    and mIoU is skipped (over-segmentation scores 1 there by construction).
-
-    Returns:
-        ``{"pairs": {baseline: [rows]}, "counts": {baseline: {"win", "loss", "tie"}},
-        "beats": {baseline: bool}, "verdict": str}``; a row holds ``gt``, ``metric``,
-        ``level``, ``trained``, ``baseline``, ``diff``, ``low``, ``high``, ``outcome``.
-        ``beats`` is True when wins outnumber losses and ties together.
-    """
-    trained = scores["trained"]
-    n = trained.per_image["object"]["covering"].shape[0]
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(num_resamples, n))
-    full = np.arange(n)[None]
-    pairs: dict[str, list[dict[str, Any]]] = {}
-    counts: dict[str, dict[str, int]] = {}
-    for base_name in ("untrained", "colour_grouping", "superpixels"):
-        base = scores[base_name]
-        rows = []
-        for g in GT_NAMES:
-            for key, higher, _ in HEADLINE:
-                if base_name == "superpixels":
-                    if key == "miou":
-                        continue
-                    values = [float(_statistic(trained, g, key, lvl, full)[0])
-                              for lvl in range(1, trained.summary["num_levels"])]
-                    level_pairs = [(1 + int(np.argmax(values) if higher else np.argmin(values)), 0)]
-                else:
-                    level_pairs = [(lvl, lvl) for lvl in range(1, trained.summary["num_levels"])]
-                for t_lvl, b_lvl in level_pairs:
-                    t_full = float(_statistic(trained, g, key, t_lvl, full)[0])
-                    b_full = float(_statistic(base, g, key, b_lvl, full)[0])
-                    sign = 1.0 if higher else -1.0
-                    diffs = sign * (_statistic(trained, g, key, t_lvl, idx) - _statistic(base, g, key, b_lvl, idx))
-                    low, high = (float(v) for v in np.percentile(diffs, [2.5, 97.5]))
-                    outcome = "win" if low > 0 else "loss" if high < 0 else "tie"
-                    rows.append({"gt": g, "metric": key, "level": t_lvl, "baseline_level": b_lvl,
-                                 "trained": t_full, "baseline": b_full, "diff": sign * (t_full - b_full),
-                                 "low": low, "high": high, "outcome": outcome})
-        pairs[base_name] = rows
-        counts[base_name] = {o: sum(r["outcome"] == o for r in rows) for o in ("win", "loss", "tie")}
-    beats = {b: c["win"] > c["loss"] + c["tie"] for b, c in counts.items()}
-    return {"pairs": pairs, "counts": counts, "beats": beats, "num_resamples": num_resamples,
-            "verdict": _verdict(counts, beats)}
-
-
-def _verdict(counts: dict[str, dict[str, int]], beats: dict[str, bool]) -> str:
-    names = {"untrained": "the untrained model", "colour_grouping": "the colour grouping",
-             "superpixels": "the superpixels alone"}
-    parts = []
-    for b, c in counts.items():
-        total = sum(c.values())
-        parts.append(f"vs {names[b]}: {c['win']} wins, {c['loss']} losses, {c['tie']} ties of {total}")
-    won = [names[b] for b, ok in beats.items() if ok]
-    lost = [names[b] for b, ok in beats.items() if not ok]
-    if not lost:
-        head = "Training BEATS every baseline on segmentation"
-    elif not won:
-        head = "Training does NOT beat any baseline on segmentation"
-    else:
-        head = f"Training beats {' and '.join(won)} but does NOT beat {' or '.join(lost)} on segmentation"
-    return (f"{head} (paired bootstrap 95% intervals per level and metric; " + "; ".join(parts) + ").")
 
 
 # ---------------------------------------------------------------------------- table

@@ -79,6 +79,20 @@ def create_model(name: str, *, pretrained: str | None = None, **overrides: Any) 
     return model
 
 
+def model_record(model: nn.Module) -> dict[str, Any]:
+    """What rebuilds ``model`` without retyping its architecture: ``{"name", "config",
+    "pretrained_cfg"}`` (plain JSON types). Stored in every castvit checkpoint (the
+    ``castvit_model`` key of training containers, the metadata of ``.safetensors``)."""
+    import json
+
+    name = getattr(model, "castvit_name", None)
+    cfg = getattr(model, "castvit_config", None)
+    if name is None or cfg is None:
+        raise ValueError("model_record needs a model built by castvit.create_model")
+    plain = json.loads(json.dumps(cfg, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+    return {"name": name, "config": plain, "pretrained_cfg": dict(getattr(model, "pretrained_cfg", {}) or {})}
+
+
 def _ensure_registered() -> None:
     if not _REGISTRY:
         from castvit.models import variants  # noqa: F401  (registers on import)

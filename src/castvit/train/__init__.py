@@ -1,7 +1,7 @@
 """Training: MoCo-v3 pre-training, supervised (DeiT) training and the linear probe, on one
 CPU or a torchrun cluster, with exact resume.
 
-Entry points: ``castvit train CONFIG.yaml key=value ...`` (:mod:`castvit.train.command`)
+Entry points: ``castvit train CONFIG.yaml key=value ...`` (:mod:`castvit.cli.train`)
 or the functions below. Modules by role: :mod:`~castvit.train.engine` (the loop,
 checkpoints, logging), :mod:`~castvit.train.supervised`, :mod:`~castvit.train.moco`,
 :mod:`~castvit.train.linear_probe`, :mod:`~castvit.train.knn` (frozen-feature kNN),

@@ -1,0 +1,27 @@
+"""``castvit eval BENCHMARK …``: score models and segmentations on a benchmark.
+
+Each benchmark is one module ``castvit.cli.eval_<name>`` with ``add_arguments`` and
+``run``, like a top-level command; this module only dispatches to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+# benchmark -> (module, one-line help)
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "bsds": ("castvit.cli.eval_bsds", "BSDS500 boundary and region benchmark, superpixel quality"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+    for name, (module_name, help_text) in BENCHMARKS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module_name)
+        importlib.import_module(module_name).add_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    return int(importlib.import_module(args._module).run(args) or 0)
