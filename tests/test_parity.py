@@ -9,7 +9,7 @@ import torch
 import castvit
 from castvit.checkpoint import load_checkpoint
 from castvit.hierarchy import Hierarchy
-from castvit.models import farthest_point_sampling
+from castvit.models import fast_cpu, farthest_point_sampling
 from conftest import TINY, close, load_fixture
 
 FIXTURES = {
@@ -19,16 +19,24 @@ FIXTURES = {
 }
 
 
-def build(fixture_name: str, fx: dict) -> torch.nn.Module:
+# Every numerical test runs on the plain model and with the opt-in CPU speed-ups.
+FAST = pytest.mark.parametrize("fast", [False, True], ids=["plain", "fast_cpu"])
+
+
+def build(fixture_name: str, fx: dict, fast: bool = False) -> torch.nn.Module:
     model = castvit.create_model(FIXTURES[fixture_name], mask_padded_tokens=False, **TINY)
     load_checkpoint(model, fx["state_dict"])  # alias keys included, as the authors save them
+    if fast:
+        fast_cpu.enable(model)
+        assert fast_cpu.is_enabled(model)
     return model.eval()
 
 
+@FAST
 @pytest.mark.parametrize("fixture_name", list(FIXTURES))
-def test_forward_reproduces_authors_outputs(fixture_name):
+def test_forward_reproduces_authors_outputs(fixture_name, fast):
     fx = load_fixture(fixture_name)
-    model = build(fixture_name, fx)
+    model = build(fixture_name, fx, fast)
     with torch.no_grad():
         feats = model.forward_features(fx["inputs"]["image"], fx["inputs"]["superpixel"])
         logits = model.forward_head(feats)
@@ -39,10 +47,11 @@ def test_forward_reproduces_authors_outputs(fixture_name):
         close(feats[key], ref)
 
 
+@FAST
 @pytest.mark.parametrize("fixture_name", list(FIXTURES))
-def test_conv_stem_reproduces_authors_patch_embed(fixture_name):
+def test_conv_stem_reproduces_authors_patch_embed(fixture_name, fast):
     fx = load_fixture(fixture_name)
-    model = build(fixture_name, fx)
+    model = build(fixture_name, fx, fast)
     with torch.no_grad():
         close(model.patch_embed(fx["inputs"]["image"]), fx["derived"]["patch_embed"])
 
@@ -55,10 +64,11 @@ def test_farthest_point_sampling_reproduces_authors_sampler(fixture_name):
         assert torch.equal(out, call["out"])
 
 
+@FAST
 @pytest.mark.parametrize("fixture_name", list(FIXTURES))
-def test_hierarchy_reproduces_authors_label_maps(fixture_name):
+def test_hierarchy_reproduces_authors_label_maps(fixture_name, fast):
     fx = load_fixture(fixture_name)
-    model = build(fixture_name, fx)
+    model = build(fixture_name, fx, fast)
     y = fx["inputs"]["superpixel"]
     with torch.no_grad():
         feats = model.forward_features(fx["inputs"]["image"], y)
@@ -73,11 +83,12 @@ def test_hierarchy_reproduces_authors_label_maps(fixture_name):
         assert h.is_nested()
 
 
-def test_gradients_reproduce_authors_in_eval_mode():
+@FAST
+def test_gradients_reproduce_authors_in_eval_mode(fast):
     name = "cast_small_cls_tiny_perturbed.pt"
     fx = load_fixture(name)
     ref = fx["grad_eval"]
-    model = build(name, fx)
+    model = build(name, fx, fast)
     image = fx["inputs"]["image"].clone().requires_grad_(True)
     loss = (model(image, fx["inputs"]["superpixel"]) * ref["loss_weights"]).sum()
     loss.backward()
@@ -90,11 +101,12 @@ def test_gradients_reproduce_authors_in_eval_mode():
         assert (g - want).abs().max().item() <= tol, n
 
 
-def test_train_mode_step_reproduces_authors_loss_gradient_and_bn_statistics():
+@FAST
+def test_train_mode_step_reproduces_authors_loss_gradient_and_bn_statistics(fast):
     name = "cast_small_cls_tiny_perturbed.pt"
     fx = load_fixture(name)
     ref = fx["grad_train_nodropout"]
-    model = build(name, fx).train()
+    model = build(name, fx, fast).train()
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0

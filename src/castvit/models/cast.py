@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from castvit.models.graph_pool import BlockFusion, GraphPool, Pooling
 from castvit.models.layers import (
-    Block, ConvStem, Dropout, init_deit_linear_, init_moco_linear_, key_padding_to_attn_mask,
+    Block, ConvStem, init_deit_linear_, init_moco_linear_, key_padding_to_attn_mask,
     resize_pos_grid, run_blocks, sincos_pos_embed,
 )
 from castvit.ops import segment_count, segment_sum
@@ -88,8 +88,8 @@ def check_inputs(images: torch.Tensor, superpixels: torch.Tensor, min_superpixel
                 f"with fewer num_clusters)")
 
 
-def superpixel_tokens(stem: ConvStem, feat: torch.Tensor, pe: torch.Tensor,
-                      labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def superpixel_tokens(stem: ConvStem, feat: torch.Tensor, pe: torch.Tensor, labels: torch.Tensor,
+                      num_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Average stem features and positional embeddings per superpixel (SPEC §2.3).
 
     Args:
@@ -98,21 +98,30 @@ def superpixel_tokens(stem: ConvStem, feat: torch.Tensor, pe: torch.Tensor,
             (:meth:`ConvStem.forward_unprojected`), one row per cell.
         pe: ``L×D`` positional embedding of the same cells.
         labels: ``B×L`` superpixel id of each cell.
+        num_tokens: N, a fixed token count (static shapes: no host sync); ids must be
+            below it. Default: max id in the batch + 1.
 
     Returns:
-        ``(tokens B×N×D, valid B×N bool)`` with N = max id in the batch + 1; token i
+        ``(tokens B×N×D, valid B×N bool)``; token i
         stands for id i, and ids absent from an image give an all-zero invalid token.
     """
     b = feat.shape[0]
-    n = int(labels.max()) + 1
+    if num_tokens is None:
+        num_tokens = int(labels.max()) + 1
+    n = num_tokens
+    # Sums and counts in float32 whatever the model's dtype: a bf16/fp16 running sum over
+    # hundreds of cells loses digits (or overflows), and the means go back to the dtype.
     count = segment_count(labels, n).unsqueeze(-1)
     valid = count.squeeze(-1) > 0
     count = count.clamp_min(1)
     # The projection is affine and a mean is a convex combination, so projecting the N
     # means equals averaging the projected cells, for 4× fewer FLOPs in that layer.
-    tokens = stem.project(segment_sum(feat, labels, n) / count)
+    tokens = stem.project((segment_sum(feat.float(), labels, n) / count).to(feat.dtype))
     tokens = tokens.masked_fill(~valid.unsqueeze(-1), 0.0)
-    return tokens + segment_sum(pe.expand(b, -1, -1), labels, n) / count, valid
+    pe_mean = segment_sum(pe.float().expand(b, -1, -1), labels, n) / count
+    # In the PE's dtype: the model's own (a .half() model stays half), and under autocast
+    # float32, which keeps the residual stream in float32 as in a timm ViT.
+    return tokens + pe_mean.to(pe.dtype), valid
 
 
 class CAST(nn.Module):
@@ -175,7 +184,7 @@ class CAST(nn.Module):
         else:
             self.pos_embed = nn.Parameter(torch.zeros(1, n_grid + 1, embed_dim))
         self.patch_embed = ConvStem(embed_dim, PATCH)
-        self.pos_drop = Dropout(drop_rate)
+        self.pos_drop = nn.Dropout(drop_rate)
 
         dpr = [drop_path_rate * i / max(sum(depth) - 1, 1) for i in range(sum(depth))]
         all_blocks = [Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dpr[i])
@@ -198,6 +207,17 @@ class CAST(nn.Module):
         else:
             self.block_fusion = BlockFusion(embed_dim, dropout=fusion_dropout)
         self._init_weights()
+        self._freeze_unread()
+
+    def _freeze_unread(self) -> None:
+        """Freeze the parameters no output reads, which the published layout keeps: the
+        DeiT segmentation models' ``norm`` (classifier leftover) and, for ``*_deit_seg``
+        (a Segmenter encoder returning features), ``head``. They would never receive a
+        gradient, which multi-process DDP with ``find_unused_parameters=False`` refuses."""
+        if self.task != "cls" and self.shared_blocks:
+            self.norm.requires_grad_(False)
+        if self.task == "seg" and self.convention == "deit":
+            self.head.requires_grad_(False)
 
     # ------------------------------------------------------------------ init
     def _init_weights(self) -> None:
@@ -230,6 +250,7 @@ class CAST(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self._freeze_unread()
 
     # ------------------------------------------------------- tokenisation
     def _grid_pos_embed(self, grid_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:

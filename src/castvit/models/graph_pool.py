@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from castvit.models.fps import farthest_point_sampling
-from castvit.models.layers import Attention, Dropout, Linear, key_padding_to_attn_mask, linear
+from castvit.models.layers import Attention, key_padding_to_attn_mask
 
 
 def masked_token_mean(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
@@ -53,8 +53,8 @@ class GraphPool(nn.Module):
         super().__init__()
         self.num_clusters = num_clusters
         self.centroid_fc = CentroidBlock(dim, num_heads=num_heads)
-        self.fc1 = nn.Sequential(nn.LayerNorm(dim), Linear(dim, dim * 4), nn.GELU(), Dropout(dropout))
-        self.fc2 = nn.Sequential(nn.LayerNorm(dim * 4), Linear(dim * 4, dim))
+        self.fc1 = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim * 4), nn.GELU(), nn.Dropout(dropout))
+        self.fc2 = nn.Sequential(nn.LayerNorm(dim * 4), nn.Linear(dim * 4, dim))
 
     def sample_centroids(self, tokens: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         """Indices ``B×K`` into ``tokens`` chosen by farthest point sampling started at the
@@ -86,9 +86,7 @@ class GraphPool(nn.Module):
         else:
             assign_w = assign
 
-        # fc1[2] (the GELU module) stays for the published layout; the GELU is fused here.
-        norm, fc, _, drop = self.fc1
-        f = drop(linear(norm(torch.cat([cls, tokens], dim=1)), fc.weight, fc.bias, gelu=True))
+        f = self.fc1(torch.cat([cls, tokens], dim=1))
         f_cls, f_tok = f[:, :1], f[:, 1:]
         pooled = torch.bmm(assign_w.transpose(1, 2), f_tok) / assign_w.sum(1).unsqueeze(-1)
         g = self.fc2(torch.cat([f_cls, pooled], dim=1))
@@ -144,7 +142,7 @@ class BlockFusion(nn.Module):
 
     def __init__(self, dim: int, dropout: float = 0.2):
         super().__init__()
-        self.proj_blocks = nn.Sequential(TokenBatchNorm(dim * 4), Dropout(dropout), nn.Linear(dim * 4, dim))
+        self.proj_blocks = nn.Sequential(TokenBatchNorm(dim * 4), nn.Dropout(dropout), nn.Linear(dim * 4, dim))
 
     def forward(self, blocks: list[torch.Tensor], cls_tokens: list[torch.Tensor],
                 logits: list[torch.Tensor], valid: torch.Tensor | None = None):

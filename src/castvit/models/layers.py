@@ -3,7 +3,6 @@ the convolutional stems and the positional embeddings."""
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -29,84 +28,18 @@ class DropPath(nn.Module):
         return f"drop_prob={self.drop_prob}"
 
 
-class Dropout(nn.Dropout):
-    """``nn.Dropout`` (same arguments and behaviour) whose CPU mask comes from
-    ``rand_like``: the ``bernoulli_`` behind ``F.dropout`` costs about 1.6× as much on
-    CPU, and the graph pooling's 4D-wide dropout made it 2.4 % of a cast_small train
-    step. Other devices keep the fused kernel."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        if x.device.type != "cpu" or self.p >= 1.0 or self.inplace:
-            return super().forward(x)
-        return x * (torch.rand_like(x) >= self.p) * (1.0 / (1.0 - self.p))
-
-
-#: Route no-grad fp32 CPU linears to oneDNN (see :func:`linear`). Set to False to use
-#: ``F.linear`` everywhere, e.g. under ``FlopCounterMode``, which does not count oneDNN ops.
-ONEDNN_LINEAR = True
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-           gelu: bool = False) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``, followed by exact GELU when ``gelu``.
-
-    For fp32 CPU inference (no autograd, no autocast) it runs oneDNN's linear kernel,
-    the one ``torch.compile`` emits for CPU linears, with the GELU fused in: on AVX-512
-    CPUs it beats the MKL sgemm behind ``F.linear`` by 6–11 % per matmul (cast_small
-    forward: −3.4 %). Everything else, and any torch without that kernel, takes
-    ``F.linear``. Results agree to float32 rounding.
-    """
-    if (ONEDNN_LINEAR and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
-            and not _cpu_autocast_enabled() and _onednn_linear_works()):
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu" if gelu else "none", [],
-                                                  "none" if gelu else "")
-    y = F.linear(x, weight, bias)
-    return F.gelu(y) if gelu else y
-
-
-def _cpu_autocast_enabled() -> bool:
-    try:
-        return torch.is_autocast_enabled("cpu")
-    except TypeError:  # torch < 2.4
-        return torch.is_autocast_cpu_enabled()
-
-
-@functools.cache
-def _onednn_linear_works() -> bool:
-    """The private oneDNN op exists in this torch build and matches ``F.linear``."""
-    try:
-        op = torch.ops.mkldnn._linear_pointwise
-        gen = torch.Generator().manual_seed(0)
-        x, w, b = (torch.randn(*shape, generator=gen) for shape in ((2, 3, 16), (8, 16), (8,)))
-        with torch.no_grad():
-            ok = torch.allclose(op(x, w, b, "none", [], ""), F.linear(x, w, b), atol=1e-5)
-            ok = ok and torch.allclose(op(x, w, b, "gelu", [], "none"), F.gelu(F.linear(x, w, b)), atol=1e-5)
-        return bool(ok)
-    except (AttributeError, RuntimeError, TypeError):
-        return False
-
-
-class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters and state dict) computed by :func:`linear`."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias)
-
-
 class Mlp(nn.Module):
     """``fc2(GELU(fc1(x)))`` with exact (erf) GELU."""
 
     def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0):
         super().__init__()
-        self.fc1 = Linear(dim, hidden_dim)
-        self.fc2 = Linear(hidden_dim, dim)
-        self.drop = Dropout(drop)
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = linear(x, self.fc1.weight, self.fc1.bias, gelu=True)
-        return self.drop(self.fc2(self.drop(x)))
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
 def key_padding_to_attn_mask(key_valid: torch.Tensor | None) -> torch.Tensor | None:
@@ -129,50 +62,22 @@ class Attention(nn.Module):
         if dim % num_heads:
             raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
-        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = attn_drop
-        self.proj = Linear(dim, dim)
-        self.proj_drop = Dropout(proj_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         b, n, c = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        dropout_p = self.attn_drop if self.training else 0.0
-        if q.dtype == torch.bfloat16 and q.device.type == "cpu" and dropout_p == 0.0:
-            x = bf16_cpu_attention(q, k, v, attn_mask)
-        else:
-            x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        x = self.attend(q, k, v, attn_mask)
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(b, n, c)))
 
-
-def bf16_cpu_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                       chunk_bytes: int = 1 << 20) -> torch.Tensor:
-    """``softmax(q kᵀ / √d) v`` for ``B×H×L×d`` bfloat16 inputs on CPU (``attn_mask``:
-    ``B×1×1×L`` bool, True = key takes part).
-
-    Same result as ``F.scaled_dot_product_attention`` up to bf16 rounding, in 0.73–0.8 of
-    the time of its CPU flash kernel, which gains nothing from bf16 at head dim 32: two
-    oneDNN bf16 batched matmuls and a softmax, over chunks of heads whose L×L scores fit
-    in ``chunk_bytes`` (about one core's L2 cache; unchunked scores lose to flash
-    attention once they spill out of cache, e.g. ViT-S/8's 785 tokens).
-    """
-    b, h, n, d = q.shape
-    q, k, v = (t.reshape(b * h, n, d) for t in (q, k, v))
-    bias = None
-    if attn_mask is not None:  # additive −inf bias, broadcast over the query rows by baddbmm
-        bias = q.new_zeros(b, h, 1, n).masked_fill_(~attn_mask, float("-inf")).view(b * h, 1, n)
-    step = max(1, chunk_bytes // (n * n * q.element_size()))
-    outs = []
-    for i in range(0, b * h, step):
-        j = min(i + step, b * h)
-        if bias is None:
-            scores = torch.baddbmm(q.new_empty(j - i, n, n), q[i:j], k[i:j].transpose(1, 2), beta=0.0,
-                                   alpha=d ** -0.5)
-        else:
-            scores = torch.baddbmm(bias[i:j], q[i:j], k[i:j].transpose(1, 2), alpha=d ** -0.5)
-        outs.append(torch.bmm(scores.softmax(dim=-1), v[i:j]))
-    return (outs[0] if len(outs) == 1 else torch.cat(outs)).view(b, h, n, d)
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               attn_mask: torch.Tensor | None) -> torch.Tensor:
+        """``softmax(q kᵀ / √d) v`` over ``B×H×L×d`` heads."""
+        dropout_p = self.attn_drop if self.training else 0.0
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
 
 
 class Block(nn.Module):
@@ -197,19 +102,6 @@ def run_blocks(blocks, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -
     for blk in blocks:
         x = blk(x, attn_mask)
     return x
-
-
-def conv_bn_relu(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
-    """``relu(bn(conv(x)))``; in eval mode the BatchNorm is folded into the convolution
-    (one pass over the activations instead of three, same result up to rounding)."""
-    if bn.training or bn.running_mean is None:
-        return F.relu(bn(conv(x)), inplace=True)
-    scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
-    weight = conv.weight * scale.view(-1, 1, 1, 1)
-    bias = bn.bias - bn.running_mean * scale
-    if conv.bias is not None:
-        bias = bias + conv.bias * scale
-    return F.relu(F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups), inplace=True)
 
 
 class ConvStem(nn.Module):
@@ -240,18 +132,19 @@ class ConvStem(nn.Module):
         self.proj = nn.Sequential(*layers)
 
     def forward_unprojected(self, x: torch.Tensor) -> torch.Tensor:
-        """``B×3×H×W`` → ``B×(H/p)×(W/p)×D`` features before the final 1×1 conv."""
+        """``B×3×H×W`` → ``B×(H/p)×(W/p)×D`` features before the final 1×1 conv. Images
+        are cast to the stem's dtype, so fp32 images feed a ``.half()`` model."""
         # Channels-last activations: oneDNN's fastest conv layout on CPU, and the
         # B×h×w×D output is then a free view instead of a copy.
-        x = x.contiguous(memory_format=torch.channels_last)
-        for i in range(0, 12, 3):
-            x = conv_bn_relu(self.proj[i], self.proj[i + 1], x)
+        x = x.to(self.proj[0].weight.dtype).contiguous(memory_format=torch.channels_last)
+        for i in range(12):  # conv, BN, ReLU ×4; proj[12] is the 1×1 projection
+            x = self.proj[i](x)
         return x.permute(0, 2, 3, 1)
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """The final 1×1 conv as a linear map of the last dim: ``…×D`` → ``…×D``."""
         conv = self.proj[12]
-        return linear(x, conv.weight.flatten(1), conv.bias)
+        return F.linear(x, conv.weight.flatten(1), conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.project(self.forward_unprojected(x))

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from castvit.models.cast import PATCH, _pair, check_inputs, superpixel_tokens
 from castvit.models.layers import (
-    Block, ConvStem, Dropout, init_moco_linear_, key_padding_to_attn_mask, run_blocks, sincos_pos_embed,
+    Block, ConvStem, init_moco_linear_, key_padding_to_attn_mask, run_blocks, sincos_pos_embed,
 )
 
 
@@ -28,7 +28,7 @@ class _ViTBase(nn.Module):
         self.num_classes = num_classes
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.patch_embed = ConvStem(embed_dim, patch_size)
-        self.pos_drop = Dropout(drop_rate)
+        self.pos_drop = nn.Dropout(drop_rate)
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.Sequential(*[Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, 0.0, dpr[i])
                                       for i in range(depth)])
