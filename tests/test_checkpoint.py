@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import castvit
-from castvit.checkpoint import CheckpointError, load_checkpoint, read_pretrained_config, save_pretrained
+from castvit.checkpoint import CheckpointError, load_checkpoint
+from castvit.models import read_pretrained_config, save_pretrained
 from test_models import grid_superpixels, tiny_overrides
 
 
@@ -27,8 +28,9 @@ def test_arbitrary_pickled_objects_are_refused(tmp_path, capsys):
 def test_corrupt_file_gives_a_clear_error(tmp_path):
     path = tmp_path / "broken.pth"
     path.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+    with pytest.raises(CheckpointError, match="broken.pth' is not a PyTorch checkpoint") as info:
         load_checkpoint(castvit.create_model("cast_small", **tiny_overrides("cast_small")), path)
+    assert "weights_only" not in str(info.value)  # never advise unsafe unpickling
 
 
 def test_missing_file_gives_a_clear_error(tmp_path):
@@ -102,7 +104,7 @@ def test_castvit_safetensors_round_trip_rebuilds_the_model(tmp_path):
     model = castvit.create_model("cast_small_deit", **tiny_overrides("cast_small_deit")).eval()
     path = save_pretrained(model, tmp_path / "model.safetensors")
     assert (tmp_path / "model.json").is_file()
-    assert read_pretrained_config(path)["model"] == "cast_small_deit"
+    assert read_pretrained_config(path)["name"] == "cast_small_deit"
     again = castvit.create_model("cast_small_deit", pretrained=str(path)).eval()
     x, sp = torch.randn(1, 3, 64, 64), grid_superpixels(1, 64, 64)
     with torch.no_grad():

@@ -7,8 +7,10 @@ import torch
 from skimage import data
 
 import castvit
-from castvit.hierarchy import (Hierarchy, check_image_size, min_image_pixels, sample_labels, segment,
-                               working_size)
+from castvit.hierarchy import Hierarchy
+from castvit.inference import (HierarchyPredictor, auto_size, check_image_size, min_image_pixels, sample_labels,
+                               segment, working_size)
+from castvit.viz import overlay, plot_hierarchy
 from castvit.ops import label_boundaries
 
 # 16/8/4/2 clusters: images of 64×64 px and up work, and everything runs in a blink.
@@ -53,10 +55,25 @@ def test_levels_are_strictly_nested(hierarchy):
             assert np.unique(coarse[fine == sid]).size == 1
 
 
-def test_segment_counts_follow_the_clusters(hierarchy):
-    counts = [hierarchy.num_segments(s) for s in range(5)]
-    assert counts[1:] == [16, 8, 4, 2] or all(a >= b for a, b in zip(counts, counts[1:]))
-    assert all(c <= k for c, k in zip(counts[1:], [16, 8, 4, 2]))
+def test_segment_counts_are_the_clusters_the_model_uses(model, hierarchy):
+    # independent count: the clusters that the composed argmax assignments of the
+    # tokens actually reach, level by level
+    work = torch.from_numpy(sample_labels(hierarchy.superpixels, *hierarchy.meta["working_size"]))[None]
+    x = castvit.ops.normalize_images(resize_to(hierarchy.image, *hierarchy.meta["working_size"]))
+    with torch.no_grad():
+        feats = model.forward_features(x, work)
+    owners = np.unique(work[0, ::8, ::8].numpy())
+    assign = owners
+    for s in range(1, 5):
+        assign = feats[f"logit{s}"][0].argmax(-1).numpy()[assign]
+        assert hierarchy.num_segments(s) == np.unique(assign).size <= [16, 8, 4, 2][s - 1]
+    assert hierarchy.num_segments(0) == np.unique(hierarchy.superpixels).size
+
+
+def resize_to(image, h, w):
+    from castvit.inference import resize_image
+
+    return resize_image(image, h, w)
 
 
 def test_masks_are_sam_like_records_that_tile_the_image(hierarchy):
@@ -117,7 +134,7 @@ def test_boundary_map_is_ultrametric(hierarchy):
 def test_overlay_paints_segment_mean_colours_and_white_boundaries(hierarchy, photo):
     level = 2
     lab = hierarchy.label_map(level)
-    over = hierarchy.overlay(level)
+    over = overlay(hierarchy, level)
     assert over.shape == photo.shape and over.dtype == np.uint8
     edge = label_boundaries(lab)
     assert (over[edge] == 255).all()
@@ -133,7 +150,7 @@ def test_plot_draws_the_image_and_every_level(hierarchy):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig = hierarchy.plot()
+    fig = plot_hierarchy(hierarchy)
     try:
         titles = [ax.get_title() for ax in fig.axes]
         assert titles[0] == "image"
@@ -173,8 +190,8 @@ def test_working_size_is_multiples_of_8_with_the_requested_area(hw, size):
 
 def test_native_size_of_multiples_of_8_runs_the_model_unchanged(model):
     img = np.ascontiguousarray(data.astronaut()[::4, ::4])  # 128×128
-    sp = np.asarray(castvit.hierarchy.compute_image_superpixels(model, img, n_segments=100))
-    h = segment(model, img, superpixels=sp)
+    sp = HierarchyPredictor(model, size=None, n_segments=100, superpixel_resolution="full").compute_superpixels(img)
+    h = segment(model, img, superpixels=sp, size=None)
     x = castvit.ops.normalize_images(torch.from_numpy(img[None]).permute(0, 3, 1, 2))
     with torch.no_grad():
         feats = model.forward_features(x, torch.from_numpy(sp[None]))
@@ -188,7 +205,7 @@ def test_superpixels_lost_by_resizing_inherit_a_segment(model):
     img = np.ascontiguousarray(data.chelsea()[::2, ::2])  # 150×226
     H, W = img.shape[:2]
     h_w, w_w = working_size(H, W, 64)
-    sp = np.asarray(castvit.hierarchy.compute_image_superpixels(model, img, n_segments=80))
+    sp = HierarchyPredictor(model, size=None, n_segments=80, superpixel_resolution="full").compute_superpixels(img)
     # a one-pixel superpixel between the pixels the working copy samples
     sampled_rows = set(((np.arange(h_w) + 0.5) * H / h_w).astype(int))
     sampled_cols = set(((np.arange(w_w) + 0.5) * W / w_w).astype(int))
@@ -233,13 +250,13 @@ def test_from_outputs_without_images_gives_random_colour_overlays(model):
     img = np.ascontiguousarray(data.astronaut()[::4, ::4])
     h = segment(model, img, n_segments=100)
     bare = Hierarchy(h.superpixels, h.parents)
-    assert bare.overlay(1).shape == img.shape
+    assert overlay(bare, 1).shape == img.shape
     with pytest.raises(ValueError, match="no image"):
         bare.segment_colors(1)
 
 
 def test_auto_size_is_what_the_model_was_built_for(model, photo):
-    assert castvit.hierarchy.auto_size(model) == 64
+    assert auto_size(model) == 64
     h = segment(model, photo, size="auto", n_segments=60)
     assert h.meta["working_size"] == list(working_size(*photo.shape[:2], 64))
     with pytest.raises(ValueError, match="size must be None, 'auto'"):

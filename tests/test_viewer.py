@@ -22,7 +22,7 @@ from skimage import data
 
 import castvit
 from castvit.cli import main
-from castvit.hierarchy import sample_labels
+from castvit.inference import sample_labels
 from castvit.viz.export import read_label_png
 from castvit.viz.viewer import write_viewer
 

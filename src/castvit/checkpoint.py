@@ -25,6 +25,7 @@ import json
 import os
 import re
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -64,7 +65,8 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
         try:
             return load_file(str(path))
         except Exception as exc:  # safetensors raises its own error types
-            raise CheckpointError(f"cannot read safetensors file {str(path)!r}: {exc}") from exc
+            raise CheckpointError(f"{str(path)!r} is not a readable safetensors file ({_first_line(exc)}); "
+                                  "the file is damaged or truncated: download or write it again") from None
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(str(path), map_location="cpu", weights_only=True)
@@ -74,11 +76,21 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
         if blocked:
             raise CheckpointError(
                 f"{str(path)!r} contains pickled objects of type {', '.join(sorted(set(blocked)))} that castvit "
-                "will not unpickle (it could run arbitrary code). If you trust the file, extract its tensors "
-                "yourself (torch.load(..., weights_only=False)) and pass the state dict to load_checkpoint."
-            ) from exc
-        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {msg.splitlines()[0] if msg else exc!r}") \
-            from exc
+                "will not unpickle, because unpickling can run arbitrary code. Save the weights alone "
+                "(a state dict of tensors, or castvit convert on a machine that produced the file)."
+            ) from None
+        if "Weights only load failed" in msg or "pickle" in msg.lower() or "zip" in msg.lower() or not msg:
+            cause = _first_line(exc.__cause__ or exc.__context__ or exc) if (exc.__cause__ or exc.__context__) \
+                else type(exc).__name__
+            raise CheckpointError(f"{str(path)!r} is not a PyTorch checkpoint castvit can read ({cause}); "
+                                  "the file is damaged, truncated or of another format") from None
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an error's message, without torch's advice to unpickle unsafely."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text if "weights_only" not in text else type(exc).__name__
 
 
 def _strip(sd: Mapping[str, Any], prefix: str) -> dict[str, torch.Tensor]:
@@ -212,6 +224,8 @@ def load_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | Mapping[st
             of classes) and keeps the model's freshly initialised head; ``"never"``
             treats them as a mismatch; ``"always"`` ignores the checkpoint head.
     """
+    if reset_head not in ("auto", "never", "always"):
+        raise ValueError(f"reset_head must be 'auto', 'never' or 'always', got {reset_head!r}")
     obj = read_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
     sd, container = extract_state_dict(obj, use_ema=use_ema)
     sd = adapt_block_keys(sd, model)
@@ -229,6 +243,11 @@ def load_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | Mapping[st
         report.reinitialised += own_head
         if own_head:
             report.notes.append("checkpoint head does not fit the model; the model keeps its new head")
+            if ckpt_head and reset_head == "auto":
+                shapes = ", ".join(f"{k} {tuple(own[k].shape)}" for k in own_head if k.endswith("weight"))
+                warnings.warn(f"the {container} checkpoint's head ({len(ckpt_head)} tensors) does not fit this "
+                              f"model's head ({shapes}); the head is newly initialised, train it before use "
+                              "(reset_head='never' makes this an error)", UserWarning, stacklevel=3)
     allowed_missing = set(report.reinitialised)
     if "pos_embed" not in sd and any("pos_embed" in n for n in report.notes):
         allowed_missing.add("pos_embed")
@@ -244,11 +263,10 @@ def load_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | Mapping[st
             more = f" … and {len(items) - 20} more" if len(items) > 20 else ""
             return f"\n  {title} ({len(items)}): " + ", ".join(items[:20]) + more
         raise CheckpointError(
-            f"{container} checkpoint does not fit {type(model).__name__}"
-            f" {getattr(model, 'castvit_name', '')}".rstrip()
+            f"{container} checkpoint does not fit model {getattr(model, 'castvit_name', type(model).__name__)!r}"
             + fmt("missing", missing) + fmt("unexpected", unexpected) + fmt("mis-shaped", misshaped)
-            + "\n  Check the model name and overrides (embed_dim, depth, num_classes, img_size), or pass "
-              "strict=False to load what fits.")
+            + "\n  Check the model name and overrides (embed_dim, depth, num_classes, img_size); in Python, "
+              "load_checkpoint(model, path, strict=False) loads what fits.")
     fit = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape}
     model.load_state_dict(fit, strict=False)
     report.loaded = len(fit)
@@ -281,58 +299,3 @@ def atomic_write(path: str | os.PathLike, write_fn) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-
-
-def save_pretrained(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Save ``model`` as ``path`` (.safetensors) plus ``path`` with suffix .json holding
-    its registry name and config; both written atomically."""
-    from safetensors.torch import save_file
-
-    name = getattr(model, "castvit_name", None)
-    cfg = getattr(model, "castvit_config", None)
-    if name is None or cfg is None:
-        raise CheckpointError("save_pretrained needs a model built by castvit.create_model")
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        path = path.with_suffix(".safetensors")
-    meta = {"format": "castvit/1", "model": name, "config": cfg}
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"castvit": json.dumps(meta)}))
-    atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
-    return path
-
-
-def read_pretrained_config(path: str | os.PathLike) -> dict[str, Any] | None:
-    """castvit metadata of a ``.safetensors`` file (embedded, else the JSON beside it)."""
-    path = Path(path)
-    side = path.with_suffix(".json")
-    if path.suffix == ".safetensors" and path.is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as fh:
-            meta = fh.metadata() or {}
-        if "castvit" in meta:
-            return json.loads(meta["castvit"])
-    if side.is_file():
-        return json.loads(side.read_text())
-    return None
-
-
-def load_pretrained(name: str | None, path: str | os.PathLike, **overrides: Any) -> nn.Module:
-    """Build the model described by a castvit file (or ``name`` + ``overrides`` for a
-    published checkpoint) and load its weights strictly."""
-    from castvit.models.registry import create_model
-
-    meta = read_pretrained_config(path)
-    if meta is not None:
-        if name is not None and meta["model"] != name:
-            raise CheckpointError(f"{str(path)!r} holds a {meta['model']!r} model, not {name!r}")
-        cfg = dict(meta["config"])
-        cfg.update(overrides)
-        model = create_model(meta["model"], **cfg)
-    else:
-        if name is None:
-            raise CheckpointError(f"{str(path)!r} has no castvit config; pass the model name")
-        model = create_model(name, **overrides)
-    load_checkpoint(model, path)
-    return model

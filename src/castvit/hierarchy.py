@@ -1,19 +1,11 @@
-"""The segmentation hierarchy of one image: image → superpixels → model → here.
+"""The segmentation hierarchy of one image: the data structure, nothing else.
 
 Level 0 is the superpixel map; level s (1..4) groups level s−1 by the argmax of the
 s-th graph pooling's logits (SPEC §5). Each level's map is a function of the
 previous one, so the hierarchy is strictly nested.
 
-**Resolution.** :func:`segment` accepts images of any size. Superpixels are computed
-(or given) at the image's own resolution and every output is at that resolution.
-The model itself sees a *working* copy: with ``size=None`` the image rounded to the
-nearest multiples of 8 (unchanged when already so), with ``size=N`` the image
-resized to about ``N×N`` pixels of area, aspect ratio kept and each side rounded to
-a multiple of 8 (:func:`working_size`). No padding is ever added — a padded border
-would become superpixels and segments of its own; rounding instead changes the
-aspect ratio by at most 4 px per side. The working superpixel map is the full one
-sampled at the working pixels' centres, so a token stands for the same superpixel
-at both resolutions.
+How an image becomes a hierarchy (working size, superpixel settings) is
+:mod:`castvit.inference`; pictures of a hierarchy are :mod:`castvit.viz`.
 
 **Superpixels without a token.** Classification and pre-training models read labels
 on the 8-px grid (the top-left pixel of every 8×8 working cell), so a small
@@ -28,7 +20,6 @@ token either and always inherit.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -37,10 +28,9 @@ import numpy as np
 import torch
 
 from castvit.models.graph_pool import compose_assignments
-from castvit.ops import label_boundaries, normalize_images
+from castvit.ops import json_default, label_boundaries, segment_mean_colors
 
 PATCH = 8
-MIN_SIDE = 16
 NPZ_FORMAT = "castvit-hierarchy/1"
 
 
@@ -60,6 +50,12 @@ class Hierarchy:
     parents: list[np.ndarray]
     image: np.ndarray | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        h, w = self.shape
+        segs = "/".join(str(self.num_segments(s)) for s in range(self.num_levels))
+        extra = ", with image" if self.image is not None else ""
+        return f"Hierarchy({w}×{h} px, {self.num_levels} levels, segments per level {segs}{extra})"
 
     @property
     def num_levels(self) -> int:
@@ -175,43 +171,8 @@ class Hierarchy:
         if self.image is None:
             raise ValueError("this hierarchy has no image; pass image= to get segment colours")
         lab = self.label_map(level)
-        ids, colors = _mean_colors(lab, self.image)
+        ids, colors = segment_mean_colors(lab, self.image)
         return {int(i): tuple(int(v) for v in c) for i, c in zip(ids, colors)}
-
-    def overlay(self, level: int, *, boundary_color: Sequence[int] = (255, 255, 255),
-                thickness: int | None = None) -> np.ndarray:
-        """``H×W×3`` uint8 picture of ``level``: segment-mean colours of the image (random
-        colours without one) with boundaries drawn ``thickness`` px wide (default: 1 px
-        per 800 px of the longer side, at least 1)."""
-        self._check_level(level)
-        lab = self.label_map(level)
-        if thickness is None:
-            thickness = max(1, round(max(lab.shape) / 800))
-        return _segment_colors(lab, self.image, boundary_color=boundary_color, thickness=thickness)
-
-    def plot(self, *, levels: Sequence[int] | None = None, figsize_per_panel: float = 3.0):
-        """A matplotlib figure: the image (if any) and each level's segments, drawn as
-        segment-mean colours (or random colours without an image) with boundaries."""
-        import matplotlib.pyplot as plt
-
-        levels = list(range(self.num_levels)) if levels is None else list(levels)
-        for s in levels:
-            self._check_level(s)
-        panels = ([("image", None)] if self.image is not None else []) + [(f"level {s}", s) for s in levels]
-        h, w = self.shape
-        aspect = h / max(w, 1)
-        fig, axes = plt.subplots(1, len(panels), squeeze=False,
-                                 figsize=(figsize_per_panel * len(panels), figsize_per_panel * max(aspect, 0.3) + 0.4))
-        for ax, (title, s) in zip(axes[0], panels):
-            if s is None:
-                ax.imshow(self.image)
-                ax.set_title(title, fontsize=9)
-            else:
-                ax.imshow(self.overlay(s))
-                ax.set_title(f"{title}: {self.num_segments(s)} segments", fontsize=9)
-            ax.axis("off")
-        fig.tight_layout()
-        return fig
 
     # ------------------------------------------------------------ saving
     def save_npz(self, path: str | os.PathLike, *, compressed: bool = True) -> None:
@@ -225,7 +186,7 @@ class Hierarchy:
             "superpixels": self.superpixels.astype(np.int32),
             "labels": np.stack(self.label_maps()).astype(np.int32),
             "boundary_map": self.boundary_map(),
-            "meta": np.array(json.dumps(self.meta, default=_json_default)),
+            "meta": np.array(json.dumps(self.meta, default=json_default)),
         }
         for s, p in enumerate(self.parents):
             arrays[f"parents_{s}"] = np.asarray(p, dtype=np.int32)
@@ -335,269 +296,3 @@ def _level0_parents(full: np.ndarray, work: np.ndarray, level1: np.ndarray, n1: 
         best = order[first]
         parent0[pid[best]] = level1[pown[best]]
     return np.where(present, parent0, -1)
-
-
-def _json_default(obj):
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
-
-
-def _compact(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(ids, index)`` like ``np.unique(labels, return_inverse=True)`` for non-negative
-    ids, in linear time: ``ids[index] == labels``."""
-    present = np.bincount(labels.ravel()) > 0
-    ids = np.nonzero(present)[0]
-    rank = np.cumsum(present) - 1
-    return ids, rank[labels]
-
-
-def _mean_colors(labels: np.ndarray, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, ``K×3`` uint8 mean colours) of the segments of ``labels``."""
-    ids, inv = _compact(labels)
-    inv = inv.ravel()
-    count = np.bincount(inv, minlength=ids.size).astype(np.float64)
-    flat = image.reshape(-1, 3)
-    sums = np.stack([np.bincount(inv, weights=flat[:, c], minlength=ids.size) for c in range(3)], 1)
-    return ids, np.round(sums / count[:, None]).astype(np.uint8)
-
-
-def _thicken(edge: np.ndarray, thickness: int) -> np.ndarray:
-    """Grow a boundary mask to ``thickness`` px (down and right, like the edge rule)."""
-    out = edge.copy()
-    for d in range(1, thickness):
-        out[d:, :] |= edge[:-d, :]
-        out[:, d:] |= edge[:, :-d]
-    return out
-
-
-def _segment_colors(labels: np.ndarray, image: np.ndarray | None, *, boundary_color: Sequence[int] = (255, 255, 255),
-                    thickness: int = 1) -> np.ndarray:
-    """``H×W×3`` uint8: segment-mean colours of ``image`` (random colours without one),
-    with boundaries drawn in ``boundary_color``."""
-    ids, inv = _compact(labels)
-    if image is not None:
-        _, colors = _mean_colors(labels, image)
-    else:
-        colors = np.random.default_rng(0).integers(0, 255, size=(ids.size, 3), dtype=np.uint8)
-    out = colors[inv]
-    out[_thicken(label_boundaries(labels), thickness)] = np.asarray(boundary_color, dtype=np.uint8)
-    return out
-
-
-def working_size(height: int, width: int, size: int | None = None) -> tuple[int, int]:
-    """The ``(h, w)`` a model sees for an ``height×width`` image: multiples of 8.
-
-    ``size=None`` keeps the resolution (each side rounded to the nearest multiple
-    of 8); ``size=N`` resizes to about ``N·N`` pixels of area, aspect ratio kept.
-    Sides are at least 8.
-    """
-    if height < 1 or width < 1:
-        raise ValueError(f"image size must be positive, got {height}×{width}")
-    scale = 1.0 if size is None else size / math.sqrt(height * width)
-    return (max(PATCH, int(height * scale / PATCH + 0.5) * PATCH),
-            max(PATCH, int(width * scale / PATCH + 0.5) * PATCH))
-
-
-def auto_size(model: torch.nn.Module) -> int:
-    """The working-area side ``size="auto"`` stands for: what the model was built for
-    (``√(h·w)`` of its ``img_size``: 224 for the registered classification models),
-    512 for segmentation models (their fine-tuning crops)."""
-    if getattr(model, "task", "cls") == "seg":
-        return 512
-    h, w = getattr(model, "img_size", (224, 224))
-    return int(round(math.sqrt(h * w)))
-
-
-def _resolve_size(model: torch.nn.Module, size: int | str | None) -> int | None:
-    if size == "auto":
-        return auto_size(model)
-    if size is not None and (isinstance(size, str) or size < PATCH):
-        raise ValueError(f"size must be None, 'auto' or a side of at least {PATCH} px, got {size!r}")
-    return size
-
-
-def min_image_pixels(model: torch.nn.Module) -> int:
-    """Fewest pixels an image needs for ``model``: one 8×8 cell for each superpixel
-    of the first stage's minimum (4096 = 64×64 for 64 clusters)."""
-    return int(getattr(model, "min_superpixels", 1)) * PATCH * PATCH
-
-
-def check_image_size(model: torch.nn.Module, height: int, width: int) -> None:
-    """Raise ``ValueError`` naming the minimum when an image is too small for ``model``."""
-    need = min_image_pixels(model)
-    side = int(math.ceil(math.sqrt(need)))
-    if height * width < need or min(height, width) < MIN_SIDE:
-        name = getattr(model, "castvit_name", type(model).__name__)
-        raise ValueError(
-            f"image is {width}×{height} px (W×H), too small for {name}: it needs at least {need} pixels "
-            f"(e.g. {side}×{side}) and sides of at least {MIN_SIDE} px, because its first stage pools "
-            f"{getattr(model, 'min_superpixels', '?')} superpixels that each need an {PATCH}×{PATCH} cell")
-
-
-def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """``H×W×3`` uint8 → ``height×width×3`` uint8, bilinear with antialiasing (Pillow)."""
-    if image.shape[:2] == (height, width):
-        return image
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
-
-
-def sample_labels(labels: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Nearest sample of an ``H×W`` label map at the centres of a ``height×width`` grid."""
-    hf, wf = labels.shape
-    if (hf, wf) == (height, width):
-        return labels
-    rows = ((np.arange(height) + 0.5) * hf / height).astype(np.int64).clip(0, hf - 1)
-    cols = ((np.arange(width) + 0.5) * wf / width).astype(np.int64).clip(0, wf - 1)
-    return labels[rows[:, None], cols[None, :]]
-
-
-def _as_uint8_list(images) -> list[np.ndarray]:
-    """Accept ``H×W×3`` / ``B×H×W×3`` uint8 arrays, a list of ``H×W×3`` arrays (sizes may
-    differ), or ``B×3×H×W`` / ``3×H×W`` tensors (uint8, or float in [0, 1]); return a
-    list of ``H×W×3`` uint8 arrays."""
-    if isinstance(images, (list, tuple)):
-        if not images:
-            raise ValueError("no images given")
-        out = []
-        for im in images:
-            arrs = _as_uint8_list(im)
-            if len(arrs) != 1:
-                raise ValueError("a list of images must hold single images (H×W×3), not batches")
-            out.append(arrs[0])
-        return out
-    if torch.is_tensor(images):
-        t = images.detach().cpu()
-        if t.ndim == 3:
-            t = t[None]
-        if t.ndim != 4 or t.shape[1] != 3:
-            raise ValueError(f"image tensors must be B×3×H×W or 3×H×W RGB, got {tuple(images.shape)}")
-        if t.is_floating_point():
-            if not torch.isfinite(t).all():
-                raise ValueError("images contain NaN or inf values")
-            t = (t.clamp(0, 1) * 255).round().to(torch.uint8)
-        return list(t.permute(0, 2, 3, 1).numpy().astype(np.uint8))
-    arr = np.asarray(images)
-    if arr.ndim == 3:
-        arr = arr[None]
-    if arr.ndim != 4 or arr.shape[-1] != 3:
-        raise ValueError(f"image arrays must be H×W×3 or B×H×W×3 RGB, got shape {arr.shape}; "
-                         "convert grayscale/RGBA to RGB")
-    if arr.dtype != np.uint8:
-        raise ValueError(f"image arrays must be uint8, got {arr.dtype}")
-    return list(arr)
-
-
-def default_n_segments(model: torch.nn.Module, working_hw: tuple[int, int]) -> int:
-    """Superpixels per image the model was trained with: 196 for classification and
-    pre-training models (SPEC §6), ``h·w/256`` of the working size for segmentation
-    models (at least their first stage's cluster count)."""
-    if getattr(model, "task", "cls") == "seg":
-        from castvit.superpixels import segmentation_n_segments
-
-        return max(segmentation_n_segments(*working_hw), int(getattr(model, "min_superpixels", 0)))
-    return 196
-
-
-def superpixel_options(model: torch.nn.Module, method: str) -> dict[str, Any]:
-    """Backend settings matching the model's training recipe (SPEC §6): SEEDS with 15
-    bins and 20 iterations for MoCo-convention models (pre-training, linear probe,
-    visualisation), 5 bins and 15 iterations for DeiT-convention and segmentation
-    models. Nothing extra for SLIC."""
-    if method != "seeds":
-        return {}
-    from dataclasses import asdict
-
-    from castvit.superpixels import FINETUNE_SEEDS, PRETRAIN_SEEDS
-
-    finetuned = getattr(model, "convention", "moco") == "deit" or getattr(model, "task", "cls") == "seg"
-    opts = asdict(FINETUNE_SEEDS if finetuned else PRETRAIN_SEEDS)
-    del opts["n_segments"]
-    return opts
-
-
-def compute_image_superpixels(model: torch.nn.Module, image: np.ndarray, *, method: str = "seeds",
-                              n_segments: int | None = None, size: int | str | None = None) -> np.ndarray:
-    """``H×W`` int64 superpixels of one image as :func:`segment` computes them: at the
-    image's resolution, ``n_segments`` defaulting to :func:`default_n_segments` of its
-    working size, with the model's :func:`superpixel_options`."""
-    from castvit.superpixels import compute_superpixels_single
-
-    size = _resolve_size(model, size)
-    n = n_segments if n_segments is not None else default_n_segments(model, working_size(*image.shape[:2], size))
-    return np.asarray(compute_superpixels_single(image, method=method, n_segments=n,
-                                                 **superpixel_options(model, method))).astype(np.int64)
-
-
-@torch.no_grad()
-def segment(model: torch.nn.Module, images, superpixels: torch.Tensor | np.ndarray | Sequence | None = None, *,
-            method: str = "seeds", n_segments: int | None = None, vanished: str | None = None,
-            size: int | str | None = None):
-    """Segment images into a hierarchy with one forward pass.
-
-    Args:
-        model: a CAST model (any variant), in eval mode.
-        images: ``H×W×3`` uint8 RGB, a batch ``B×H×W×3``, a list of arrays (sizes may
-            differ), or ``(B×)3×H×W`` tensors (uint8 or float in [0, 1]). Any size of at
-            least :func:`min_image_pixels` pixels.
-        superpixels: optional ``(B×)H×W`` labels (or a list) at the images' resolution;
-            computed with ``method`` and ``n_segments`` when omitted.
-        n_segments: superpixels per image; default :func:`default_n_segments` (196
-            for the classification models).
-        vanished: rule for superpixels without a token; default ``"inherit"`` for
-            masked models and ``"own_token"`` for ``mask_padded_tokens=False``.
-        size: the model's working resolution (see the module docstring): ``None``
-            runs at the image's own resolution (rounded to multiples of 8); ``N``
-            resizes to about ``N×N`` pixels of area; ``"auto"`` picks
-            :func:`auto_size` (224 for the classification models, as the CLI does).
-            Outputs are at the image's resolution either way.
-
-    Returns:
-        A :class:`Hierarchy` for a single image, else a list of them (input order).
-    """
-    single = (isinstance(images, np.ndarray) and images.ndim == 3) or (torch.is_tensor(images) and images.ndim == 3)
-    imgs = _as_uint8_list(images)
-    size = _resolve_size(model, size)
-    for im in imgs:
-        check_image_size(model, *im.shape[:2])
-    works = [working_size(*im.shape[:2], size) for im in imgs]
-    if superpixels is None:
-        sps = [compute_image_superpixels(model, im, method=method, n_segments=n_segments, size=size) for im in imgs]
-    else:
-        if torch.is_tensor(superpixels):
-            superpixels = superpixels.detach().cpu().numpy()
-        if isinstance(superpixels, np.ndarray) and superpixels.ndim == 2:
-            superpixels = superpixels[None]
-        sps = [np.asarray(s).astype(np.int64) for s in superpixels]
-        if len(sps) != len(imgs):
-            raise ValueError(f"got {len(sps)} superpixel maps for {len(imgs)} images")
-        for i, (s, im) in enumerate(zip(sps, imgs)):
-            if s.shape != im.shape[:2]:
-                raise ValueError(f"superpixel map {i} is {s.shape}, image {i} is {im.shape[:2]}; they must match")
-            if s.size and s.min() < 0:
-                raise ValueError("superpixel labels must be >= 0; relabel them (castvit.ops.relabel_contiguous)")
-    if vanished is None:
-        vanished = "inherit" if getattr(model, "mask_padded_tokens", True) else "own_token"
-    on_grid = getattr(model, "task", "cls") != "seg"
-    device = next(model.parameters()).device
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, wk in enumerate(works):
-        groups.setdefault(wk, []).append(i)
-    result: list[Hierarchy | None] = [None] * len(imgs)
-    for (h, w), idx in groups.items():
-        work_imgs = np.stack([resize_image(imgs[i], h, w) for i in idx])
-        work_sp = torch.from_numpy(np.stack([sample_labels(sps[i], h, w) for i in idx]))
-        x = normalize_images(torch.from_numpy(work_imgs).permute(0, 3, 1, 2)).to(device)
-        feats = model.forward_features(x, work_sp.to(device))
-        hs = Hierarchy.from_outputs(feats, work_sp, vanished=vanished, on_grid=on_grid,
-                                    images=[imgs[i] for i in idx], full_superpixels=[sps[i] for i in idx])
-        for i, hier in zip(idx, hs):
-            hier.meta.update(working_size=[h, w], superpixel_method=method if superpixels is None else "given",
-                             n_superpixels=int(np.unique(sps[i]).size), vanished=vanished,
-                             model=getattr(model, "castvit_name", type(model).__name__))
-            result[i] = hier
-    return result[0] if single else result

@@ -72,11 +72,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the random initialisation, so runs without a checkpoint are reproducible "
                              "(default: 0)")
-    parser.add_argument("--superpixels", choices=("seeds", "slic"), default="seeds",
-                        help="superpixel algorithm (default: seeds, as in training)")
+    parser.add_argument("--superpixels", choices=("seeds", "slic"), default=None,
+                        help="superpixel algorithm (default: the model's, seeds as in training)")
     parser.add_argument("--n-segments", type=_positive_int, default=None, metavar="N",
-                        help="superpixels per image (default: 196 for classification models, "
-                             "working area / 256 for segmentation models)")
+                        help="superpixels per image (default: the count the model was trained with at the "
+                             "working size: 196 at 224², one per 256 px otherwise)")
     parser.add_argument("--size", type=_non_negative_int, default=None, metavar="N",
                         help="the model sees each image resized to about N×N pixels of area, aspect ratio kept, "
                              "sides rounded to multiples of 8 (default: the model's img_size, i.e. 224; 512 for "
@@ -131,39 +131,41 @@ def resolve_device(name: str):
 
 
 def build_model(args: argparse.Namespace, say) -> tuple[Any, dict[str, Any]]:
-    """The model in eval mode, and what to record about it."""
-    from castvit.checkpoint import CheckpointError, load_checkpoint, read_pretrained_config
-    from castvit.models.registry import create_model
+    """The model, and what to record about it. A castvit checkpoint (``castvit train``
+    output or ``.safetensors``) brings its own architecture and preprocessing; a
+    published container needs ``--model`` (default cast_small)."""
+    import warnings
 
     import torch
 
+    from castvit.checkpoint import CheckpointError
+    from castvit.models import create_model, read_pretrained_config
+
     overrides = parse_model_args(args.model_arg)
     torch.manual_seed(args.seed)  # random weights (no checkpoint, or a reset head) are reproducible
+    name = args.model or DEFAULT_MODEL
     try:
         if args.checkpoint:
             path = Path(args.checkpoint)
             if not path.is_file():
                 raise SetupError(f"checkpoint {args.checkpoint!r} does not exist")
-            meta = read_pretrained_config(path)
-            if meta is not None:
-                if args.model is not None and meta["model"] != args.model:
-                    raise SetupError(f"checkpoint {args.checkpoint!r} holds a {meta['model']!r} model, not "
+            record = read_pretrained_config(path)
+            if record is not None:
+                if args.model is not None and record["name"] != args.model:
+                    raise SetupError(f"checkpoint {args.checkpoint!r} holds a {record['name']!r} model, not "
                                      f"{args.model!r}; drop --model or pass the matching checkpoint")
-                name = meta["model"]
-                model = create_model(name, **{**meta["config"], **overrides})
-            else:
-                name = args.model or DEFAULT_MODEL
-                model = create_model(name, **overrides)
-            report = load_checkpoint(model, path)
-            for note in report.notes:
-                say(f"checkpoint: {note}")
+                name = record["name"]
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                model = create_model(None if record is not None else name, pretrained=str(path), **overrides)
+            for w in caught:
+                say(f"checkpoint: {w.message}")
         else:
-            name = args.model or DEFAULT_MODEL
             model = create_model(name, **overrides)
     except CheckpointError as exc:
-        raise SetupError(f"checkpoint {args.checkpoint!r} does not fit model {name!r}:\n{exc}") from exc
+        raise SetupError(f"checkpoint {args.checkpoint!r}: {exc}") from None
     except (ValueError, TypeError) as exc:
-        raise SetupError(f"cannot build model {args.model or DEFAULT_MODEL!r}: {exc}") from exc
+        raise SetupError(f"cannot build model {name!r}: {exc}") from None
     if not hasattr(model, "min_superpixels") or not hasattr(model, "pools"):
         raise SetupError(f"model {name!r} has no segmentation hierarchy (it is not a CAST model); "
                          "choose one of 'castvit models cast_*'")
@@ -188,6 +190,7 @@ class Job:
     name: str
     loaded: Any = None  # LoadedImage
     superpixels: np.ndarray | None = None
+    prepared: Any = None
     n_segments: int | None = None
     error: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -208,60 +211,43 @@ def unique_names(paths: list[Path]) -> list[str]:
     return names
 
 
-def prepare(job: Job, *, model, args, size: int | None) -> Job:
+def prepare(job: Job, *, predictor, args) -> Job:
     """Read the image and compute its superpixels (runs in a worker thread)."""
-    from castvit.hierarchy import check_image_size, compute_image_superpixels, default_n_segments, working_size
     from castvit.viz.images import ImageReadError, read_image
 
     t0 = time.perf_counter()
     try:
         job.loaded = read_image(job.path, max_side=args.max_side or None)
         job.notes = list(job.loaded.notes)
-        h, w = job.loaded.size
-        check_image_size(model, h, w)
-        job.n_segments = args.n_segments or default_n_segments(model, working_size(h, w, size))
-        job.superpixels = compute_image_superpixels(model, job.loaded.rgb, method=args.superpixels,
-                                                    n_segments=job.n_segments, size=size)
+        job.prepared = predictor.prepare(job.loaded.rgb)
+        job.superpixels = job.prepared.full_sp
+        job.n_segments = job.prepared.n_requested
     except ImageReadError as exc:
         job.error = f"cannot read image: {exc}"
     except ValueError as exc:
         job.error = str(exc)
-    except Exception as exc:  # noqa: BLE001 — one bad image must not stop the others
+    except Exception as exc:  # noqa: BLE001 — one bad image must not stop the others; it is counted and listed
         job.error = f"{type(exc).__name__}: {exc}"
     job.seconds += time.perf_counter() - t0
     return job
 
 
-def segment_jobs(jobs: list[Job], *, model, size: int | None) -> list:
-    """Hierarchies for the jobs (one batched call; image by image if the batch fails)."""
-    from castvit.hierarchy import segment
-
-    if len(jobs) > 1:
-        t0 = time.perf_counter()
-        try:
-            hs = segment(model, [j.loaded.rgb for j in jobs], superpixels=[j.superpixels for j in jobs], size=size)
-            for j in jobs:
-                j.seconds += (time.perf_counter() - t0) / len(jobs)
-            return hs
-        except Exception:  # noqa: BLE001 — one image spoilt the batch: find which, below
-            pass
-    out = []
+def segment_jobs(jobs: list[Job], *, predictor) -> list:
+    """Hierarchies for the prepared jobs, in one batched forward pass. Every input was
+    checked when it was prepared, so an error here is not an image's fault: it stops
+    the run (it is not retried image by image)."""
+    t0 = time.perf_counter()
+    hs = predictor.run_prepared([j.prepared for j in jobs])
     for j in jobs:
-        t0 = time.perf_counter()
-        try:
-            out.append(segment(model, [j.loaded.rgb], superpixels=[j.superpixels], size=size)[0])
-        except Exception as exc:  # noqa: BLE001
-            j.error = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
-            out.append(None)
-        j.seconds += time.perf_counter() - t0
-    return out
+        j.seconds += (time.perf_counter() - t0) / len(jobs)
+    return hs
 
 
 # ------------------------------------------------------------------ main
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from castvit.hierarchy import auto_size
+    from castvit.inference import HierarchyPredictor
     from castvit.viz.images import find_images
 
     def say(msg: str) -> None:
@@ -292,7 +278,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if model_info["random_weights"]:
         tqdm.write(random_weights_warning(model_info["name"]), file=sys.stderr)
-    size = auto_size(model) if args.size is None else (args.size or None)
+    predictor = HierarchyPredictor(model, size="auto" if args.size is None else (args.size or None),
+                                   method=args.superpixels, n_segments=args.n_segments, batch_size=args.batch_size,
+                                   num_workers=0)
+    size = predictor.size
     out_dir = Path(args.out)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -300,7 +289,7 @@ def run(args: argparse.Namespace) -> int:
         warn(f"error: cannot create output folder {str(out_dir)!r}: {exc}")
         return 2
     say(f"segmenting {len(paths)} image(s) with {model_info['name']} on {device}; the model sees about "
-        f"{f'{size}×{size} px' if size else 'the full resolution'}, superpixels: {args.superpixels}; "
+        f"{f'{size}×{size} px' if size else 'the full resolution'}, superpixels: {predictor.method}; "
         f"outputs in {out_dir}/")
 
     jobs = [Job(i, p, n) for i, (p, n) in enumerate(zip(paths, unique_names(paths)))]
@@ -314,7 +303,7 @@ def run(args: argparse.Namespace) -> int:
     bar = tqdm(total=len(jobs), unit="img", disable=True if args.quiet else None, file=sys.stderr,
                dynamic_ncols=True)
     try:
-        _process(jobs, model=model, args=args, size=size, out_dir=out_dir, model_info=model_info,
+        _process(jobs, predictor=predictor, args=args, out_dir=out_dir, model_info=model_info,
                  viewer=viewer, statuses=statuses, bar=bar, say=say, warn=warn)
     except BaseException:  # Ctrl-C included: leave no half-written viewer behind
         if viewer is not None:
@@ -346,7 +335,7 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _process(jobs: list[Job], *, model, args, size: int | None, out_dir: Path, model_info: dict[str, Any],
+def _process(jobs: list[Job], *, predictor, args, out_dir: Path, model_info: dict[str, Any],
              viewer, statuses: list[dict[str, Any]], bar, say, warn) -> None:
     """Read, segment and write every job, a chunk of ``--batch-size`` at a time: the
     next chunk is read (and its superpixels computed) while this one is in the model,
@@ -359,7 +348,7 @@ def _process(jobs: list[Job], *, model, args, size: int | None, out_dir: Path, m
     chunks = [jobs[i:i + args.batch_size] for i in range(0, len(jobs), args.batch_size)]
     with ThreadPoolExecutor(max_workers=workers) as pool, torch.inference_mode():
         def submit(chunk: list[Job]) -> list:
-            return [pool.submit(prepare, j, model=model, args=args, size=size) for j in chunk]
+            return [pool.submit(prepare, j, predictor=predictor, args=args) for j in chunk]
 
         pending = submit(chunks[0]) if chunks else []
         for c in range(len(chunks)):
@@ -368,13 +357,12 @@ def _process(jobs: list[Job], *, model, args, size: int | None, out_dir: Path, m
             good = [j for j in ready if j.error is None]
             done: dict[int, Any] = {}
             writes = []
-            for j, h in zip(good, segment_jobs(good, model=model, size=size) if good else []):
+            for j, h in zip(good, segment_jobs(good, predictor=predictor) if good else []):
                 if h is None:
                     continue
-                h.meta.update(superpixel_method=args.superpixels)
                 info = {"name": j.name, "source": str(j.path.resolve()), "original_size": list(j.loaded.original_size),
                         "notes": j.notes, "model": model_info,
-                        "superpixels": {"method": args.superpixels, "n_segments": j.n_segments,
+                        "superpixels": {"method": predictor.method, "n_segments": j.n_segments,
                                         "count": int(np.count_nonzero(np.bincount(j.superpixels.ravel())))}}
                 writes.append((j, h, info, pool.submit(write_outputs, h, out_dir / j.name, info=info)))
             for j, h, info, fut in writes:
@@ -399,4 +387,4 @@ def _process(jobs: list[Job], *, model, args, size: int | None, out_dir: Path, m
                     say(f"    note: {note}")
                 statuses.append({"source": str(j.path), "status": "ok", "name": j.name, "notes": j.notes})
             for j in ready:  # the arrays are written: free them before the next chunk
-                j.loaded = j.superpixels = None
+                j.loaded = j.superpixels = j.prepared = None

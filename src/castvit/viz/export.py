@@ -24,7 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from castvit.hierarchy import Hierarchy, _json_default, _mean_colors
+from castvit.hierarchy import Hierarchy
+from castvit.ops import json_default, segment_mean_colors
+from castvit.viz.draw import overlay
 
 JSON_FORMAT = "castvit-segment/1"
 MAX_LABEL = 65535
@@ -78,7 +80,7 @@ def hierarchy_record(h: Hierarchy, *, info: dict[str, Any]) -> dict[str, Any]:
         segs = h.segments(s)
         colors: dict[int, list[int]] = {}
         if h.image is not None:
-            ids, cols = _mean_colors(h.label_map(s), h.image)
+            ids, cols = segment_mean_colors(h.label_map(s), h.image)
             colors = {int(i): c.tolist() for i, c in zip(ids, cols)}
         for rec in segs:
             del rec["level"]
@@ -101,13 +103,13 @@ def write_outputs(h: Hierarchy, out_dir: str | os.PathLike, *, info: dict[str, A
     for s, lab in enumerate(maps):
         names = level_files(s)
         write_label_png(out_dir / names["labels"], lab)
-        write_rgb_png(out_dir / names["overlay"], h.overlay(s))
+        write_rgb_png(out_dir / names["overlay"], overlay(h, s))
     from PIL import Image
 
     Image.fromarray(contour_image(h.boundary_map(), h.num_levels)).save(out_dir / "contours.png")
     h.save_npz(out_dir / "hierarchy.npz")
     record = hierarchy_record(h, info=info)
     tmp = out_dir / ".hierarchy.json.tmp"
-    tmp.write_text(json.dumps(record, default=_json_default, separators=(",", ":")))
+    tmp.write_text(json.dumps(record, default=json_default, separators=(",", ":")))
     os.replace(tmp, out_dir / "hierarchy.json")
     return record

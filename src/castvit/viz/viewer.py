@@ -27,7 +27,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from castvit.hierarchy import Hierarchy, _json_default, resize_image, sample_labels
+from castvit.hierarchy import Hierarchy
+from castvit.inference import resize_image, sample_labels
+from castvit.ops import json_default
+from castvit.viz.draw import overlay
 
 THUMB_SIDE = 160
 
@@ -52,7 +55,7 @@ def viewer_entry(h: Hierarchy, *, name: str, info: dict[str, Any] | None = None,
     info = info or {}
     H, W = h.shape
     dh, dw = _display_size(H, W, max_side)
-    image = h.image if h.image is not None else h.overlay(0)
+    image = h.image if h.image is not None else overlay(h, 0)
     shown = resize_image(np.asarray(image, dtype=np.uint8), dh, dw)
     sp = sample_labels(h.superpixels, dh, dw)
     if sp.max() > 65535:
@@ -87,7 +90,7 @@ def viewer_entry(h: Hierarchy, *, name: str, info: dict[str, Any] | None = None,
 
 def _script_json(obj: Any) -> str:
     """JSON safe inside a <script> element."""
-    text = json.dumps(obj, default=_json_default, separators=(",", ":"), ensure_ascii=False)
+    text = json.dumps(obj, default=json_default, separators=(",", ":"), ensure_ascii=False)
     return text.replace("<", "\\u003c")
 
 
