@@ -53,7 +53,7 @@ def photos(tmp_path_factory):
 def run(photos, tmp_path_factory):
     folder, sizes = photos
     out = tmp_path_factory.mktemp("segs")
-    code, stdout, stderr = run_cli(folder, "--out", out, "--batch-size", "4", *FAST)
+    code, stdout, stderr = run_cli(folder, "--out", out, "--batch-size", "4", "--outputs", "all", *FAST)
     return {"code": code, "stdout": stdout, "stderr": stderr, "out": out, "sizes": sizes}
 
 
@@ -255,3 +255,26 @@ def test_an_unusable_size_or_device_stops_before_any_image(photos, tmp_path):
         code, _, err = run_cli(folder / "coffee.png", "--out", tmp_path, "--device", "cuda")
         assert code == 2 and "CUDA is not available" in err
     assert not (tmp_path / "coffee").exists()
+
+
+@pytest.mark.parametrize("outputs,files", [
+    (None, {"level0_labels.png", "level4_labels.png", "contours.png", "hierarchy.json"}),
+    ("labels,json", {"level0_labels.png", "level4_labels.png", "hierarchy.json"}),
+])
+def test_outputs_selects_the_files_and_the_json_lists_only_those(photos, tmp_path, outputs, files):
+    folder, _ = photos
+    extra = [] if outputs is None else ["--outputs", outputs]
+    code, _, err = run_cli(folder / "coffee.png", "--out", tmp_path, "--no-viewer", "-q", *extra, *FAST)
+    assert code == 0, err
+    written = {p.name for p in (tmp_path / "coffee").iterdir()}
+    assert files <= written and not any(n.endswith("_overlay.png") or n.endswith(".npz") for n in written)
+    doc = json.loads((tmp_path / "coffee" / "hierarchy.json").read_text())
+    listed = set(doc["files"].values()) | {v for lvl in doc["levels"] for k, v in lvl.items()
+                                            if k in ("labels", "overlay")}
+    assert listed <= written
+
+
+def test_unknown_outputs_are_refused(photos, tmp_path):
+    folder, _ = photos
+    with pytest.raises(SystemExit):
+        run_cli(folder / "coffee.png", "--out", tmp_path, "--outputs", "labels,pdf")

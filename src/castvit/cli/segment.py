@@ -26,6 +26,7 @@ import os
 import re
 import sys
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,8 @@ from typing import Any
 import numpy as np
 
 DEFAULT_MODEL = "cast_small"
+ALL_OUTPUTS = ("labels", "json", "contours", "overlays", "npz")
+DEFAULT_OUTPUTS = ("labels", "json", "contours")
 
 
 # ------------------------------------------------------------------ arguments
@@ -51,10 +54,21 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _outputs(text: str) -> tuple[str, ...]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if items == ["all"]:
+        return ALL_OUTPUTS
+    bad = [t for t in items if t not in ALL_OUTPUTS]
+    if bad or not items:
+        raise argparse.ArgumentTypeError(f"unknown output(s) {', '.join(bad) or '(none)'}; choose from "
+                                         f"{', '.join(ALL_OUTPUTS)} or 'all'")
+    return tuple(items)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (parser.description or "") + (
-        ". Writes, per image, an overlay and a 16-bit label PNG per level, contours.png, hierarchy.json and "
-        "hierarchy.npz into OUT/<name>/, and OUT/viewer.html, a self-contained interactive viewer.")
+        ". Writes, per image, a 16-bit label PNG per level, contours.png and hierarchy.json into OUT/<name>/ "
+        "(overlays and npz with --outputs all), and OUT/viewer.html, a self-contained interactive viewer.")
     parser.epilog = ("Exit code: 0 if every image was segmented, 1 if any failed (the others are still "
                      "processed), 2 if nothing could be tried.")
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER",
@@ -90,6 +104,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="threads for reading, superpixels and writing (default: min(4, CPUs))")
     parser.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda, cuda:1 …")
     parser.add_argument("--recursive", "-r", action="store_true", help="also take images in sub-folders")
+    parser.add_argument("--outputs", type=_outputs, default=DEFAULT_OUTPUTS, metavar="LIST",
+                        help="what to write per image, comma-separated from "
+                             f"{','.join(ALL_OUTPUTS)} or 'all' (default: {','.join(DEFAULT_OUTPUTS)}); "
+                             "overlays can be redrawn from labels, npz repeats the labels in one file")
     parser.add_argument("--no-viewer", action="store_true", help="do not write OUT/viewer.html")
     parser.add_argument("--viewer-max-side", type=_positive_int, default=1024, metavar="PX",
                         help="pictures in the viewer are at most PX on their longer side (default: 1024)")
@@ -337,54 +355,79 @@ def run(args: argparse.Namespace) -> int:
 
 def _process(jobs: list[Job], *, predictor, args, out_dir: Path, model_info: dict[str, Any],
              viewer, statuses: list[dict[str, Any]], bar, say, warn) -> None:
-    """Read, segment and write every job, a chunk of ``--batch-size`` at a time: the
-    next chunk is read (and its superpixels computed) while this one is in the model,
-    and outputs are written by worker threads."""
+    """A pipeline in which the model is the bottleneck: worker threads read images and
+    compute superpixels up to three batches ahead; the main thread runs the model a
+    batch at a time; other threads write the outputs (and encode the viewer's
+    pictures) while the next batch runs. Results are reported as they finish; the
+    index lists them in input order."""
     import torch
 
     from castvit.viz.export import write_outputs
 
+    outputs = set(args.outputs)
     workers = args.workers or min(4, os.cpu_count() or 1)
-    chunks = [jobs[i:i + args.batch_size] for i in range(0, len(jobs), args.batch_size)]
-    with ThreadPoolExecutor(max_workers=workers) as pool, torch.inference_mode():
-        def submit(chunk: list[Job]) -> list:
-            return [pool.submit(prepare, j, predictor=predictor, args=args) for j in chunk]
+    window = args.batch_size * 3
+    todo = iter(jobs)
+    reading: deque = deque()
+    writing: deque = deque()
 
-        pending = submit(chunks[0]) if chunks else []
-        for c in range(len(chunks)):
-            ready = [f.result() for f in pending]
-            pending = submit(chunks[c + 1]) if c + 1 < len(chunks) else []
-            good = [j for j in ready if j.error is None]
-            done: dict[int, Any] = {}
-            writes = []
+    def fill(pool) -> None:
+        while len(reading) < window:
+            job = next(todo, None)
+            if job is None:
+                return
+            reading.append(pool.submit(prepare, job, predictor=predictor, args=args))
+
+    def write(job: Job, h, info: dict[str, Any]):
+        write_outputs(h, out_dir / job.name, info=info, outputs=outputs)
+        return viewer.entry(h, name=job.name, info=info) if viewer is not None else None
+
+    def report(job: Job, h=None) -> None:
+        bar.update(1)
+        if job.error is not None:
+            warn(f"error: {job.path}: {job.error}")
+            statuses.append({"index": job.index, "source": str(job.path), "status": "failed", "error": job.error})
+        else:
+            levels = "/".join(str(h.num_segments(s)) for s in range(h.num_levels))
+            hh, ww = job.loaded.size
+            say(f"{job.path} -> {out_dir / job.name}/  {ww}×{hh}, segments per level {levels}")
+            for note in job.notes:
+                say(f"    note: {note}")
+            statuses.append({"index": job.index, "source": str(job.path), "status": "ok", "name": job.name,
+                             "notes": job.notes})
+        job.loaded = job.superpixels = job.prepared = None  # free the arrays
+
+    def finish_writes(keep: int) -> None:
+        while len(writing) > keep or (writing and writing[0][2].done()):
+            job, h, fut = writing.popleft()
+            try:
+                entry = fut.result()
+                if entry is not None:
+                    viewer.add_entry(entry)
+            except Exception as exc:  # noqa: BLE001 — a full disk must not hide the other images; counted and listed
+                job.error = f"cannot write outputs: {type(exc).__name__}: {exc}"
+            report(job, h)
+
+    with ThreadPoolExecutor(max_workers=workers) as read_pool, \
+            ThreadPoolExecutor(max_workers=max(1, workers // 2)) as write_pool, torch.inference_mode():
+        fill(read_pool)
+        while reading:
+            batch = []
+            while reading and len(batch) < args.batch_size:
+                batch.append(reading.popleft().result())
+            fill(read_pool)
+            good = [j for j in batch if j.error is None]
+            for j in batch:
+                if j.error is not None:
+                    report(j)
             for j, h in zip(good, segment_jobs(good, predictor=predictor) if good else []):
-                if h is None:
-                    continue
                 info = {"name": j.name, "source": str(j.path.resolve()), "original_size": list(j.loaded.original_size),
                         "notes": j.notes, "model": model_info,
                         "superpixels": {"method": predictor.method, "n_segments": j.n_segments,
-                                        "count": int(np.count_nonzero(np.bincount(j.superpixels.ravel())))}}
-                writes.append((j, h, info, pool.submit(write_outputs, h, out_dir / j.name, info=info)))
-            for j, h, info, fut in writes:
-                try:
-                    fut.result()
-                    if viewer is not None:
-                        viewer.add(h, name=j.name, info=info)
-                    done[j.index] = h
-                except Exception as exc:  # noqa: BLE001 — a full disk must not hide the other images
-                    j.error = f"cannot write outputs: {type(exc).__name__}: {exc}"
-            for j in ready:
-                bar.update(1)
-                if j.error is not None:
-                    warn(f"error: {j.path}: {j.error}")
-                    statuses.append({"source": str(j.path), "status": "failed", "error": j.error})
-                    continue
-                h = done[j.index]
-                levels = "/".join(str(h.num_segments(s)) for s in range(h.num_levels))
-                hh, ww = j.loaded.size
-                say(f"{j.path} -> {out_dir / j.name}/  {ww}×{hh}, segments per level {levels}  ({j.seconds:.1f} s)")
-                for note in j.notes:
-                    say(f"    note: {note}")
-                statuses.append({"source": str(j.path), "status": "ok", "name": j.name, "notes": j.notes})
-            for j in ready:  # the arrays are written: free them before the next chunk
-                j.loaded = j.superpixels = j.prepared = None
+                                        "count": j.prepared.n_superpixels}}
+                writing.append((j, h, write_pool.submit(write, j, h, info)))
+            finish_writes(keep=2 * args.batch_size)
+        finish_writes(keep=0)
+    statuses.sort(key=lambda r: r["index"])
+    for r in statuses:
+        del r["index"]

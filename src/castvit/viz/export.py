@@ -30,6 +30,9 @@ from castvit.viz.draw import overlay
 
 JSON_FORMAT = "castvit-segment/1"
 MAX_LABEL = 65535
+# zlib level 1: label maps and overlays are flat regions, so they shrink almost as much
+# as at level 6, several times faster (the writer threads must keep up with the model).
+PNG_LEVEL = 1
 
 
 def write_label_png(path: str | os.PathLike, labels: np.ndarray) -> None:
@@ -40,7 +43,7 @@ def write_label_png(path: str | os.PathLike, labels: np.ndarray) -> None:
     if labels.size and (labels.min() < 0 or labels.max() > MAX_LABEL):
         raise ValueError(f"label ids must lie in 0..{MAX_LABEL} for a 16-bit PNG, "
                          f"got {labels.min()}..{labels.max()}")
-    Image.fromarray(labels.astype(np.uint16)).save(path, optimize=False, compress_level=6)
+    Image.fromarray(labels.astype(np.uint16)).save(path, optimize=False, compress_level=PNG_LEVEL)
 
 
 def read_label_png(path: str | os.PathLike) -> np.ndarray:
@@ -56,7 +59,7 @@ def read_label_png(path: str | os.PathLike) -> np.ndarray:
 def write_rgb_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
     from PIL import Image
 
-    Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(path, compress_level=6)
+    Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(path, compress_level=PNG_LEVEL)
 
 
 def contour_image(boundary_map: np.ndarray, num_levels: int) -> np.ndarray:
@@ -72,7 +75,9 @@ def level_files(level: int) -> dict[str, str]:
     return {"labels": f"level{level}_labels.png", "overlay": f"level{level}_overlay.png"}
 
 
-def hierarchy_record(h: Hierarchy, *, info: dict[str, Any]) -> dict[str, Any]:
+def hierarchy_record(h: Hierarchy, *, info: dict[str, Any],
+                     outputs: set[str] | tuple[str, ...] = ("labels", "json", "contours", "overlays", "npz")
+                     ) -> dict[str, Any]:
     """The ``hierarchy.json`` document of ``h``; ``info`` adds what the caller knows
     (source, sizes, model, notes)."""
     levels = []
@@ -86,30 +91,47 @@ def hierarchy_record(h: Hierarchy, *, info: dict[str, Any]) -> dict[str, Any]:
             del rec["level"]
             if colors:
                 rec["color"] = colors[rec["id"]]
-        levels.append({"level": s, "num_segments": len(segs), **level_files(s), "segments": segs})
+        files = {k: v for k, v in level_files(s).items() if {"labels": "labels", "overlay": "overlays"}[k] in outputs}
+        levels.append({"level": s, "num_segments": len(segs), **files, "segments": segs})
     head = {"format": JSON_FORMAT, "name": info.get("name"), "source": info.get("source"), "size": list(h.shape)}
     return {**head, **{k: v for k, v in info.items() if k not in head}, "num_levels": h.num_levels,
-            "hierarchy": h.meta, "files": {"npz": "hierarchy.npz", "contours": "contours.png"}, "levels": levels}
+            "hierarchy": h.meta,
+            "files": {k: v for k, v in (("npz", "hierarchy.npz"), ("contours", "contours.png")) if k in outputs},
+            "levels": levels}
 
 
-def write_outputs(h: Hierarchy, out_dir: str | os.PathLike, *, info: dict[str, Any]) -> dict[str, Any]:
-    """Write every file of one image into ``out_dir`` and return the JSON record."""
+def write_outputs(h: Hierarchy, out_dir: str | os.PathLike, *, info: dict[str, Any],
+                  outputs: set[str] | tuple[str, ...] = ("labels", "json", "contours", "overlays", "npz")
+                  ) -> dict[str, Any]:
+    """Write the chosen files of one image into ``out_dir`` and return the JSON record.
+
+    ``outputs`` picks among ``labels`` (a 16-bit PNG per level), ``overlays`` (an RGB
+    PNG per level), ``contours`` (``contours.png``), ``npz`` (``hierarchy.npz``) and
+    ``json`` (``hierarchy.json``, which lists the files written).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    outputs = set(outputs)
     maps = h.label_maps()
-    if max(int(m.max()) for m in maps) > MAX_LABEL:
+    if "labels" in outputs and max(int(m.max()) for m in maps) > MAX_LABEL:
         raise ValueError(f"more than {MAX_LABEL + 1} superpixel ids do not fit 16-bit label PNGs; "
                          "use fewer --n-segments")
     for s, lab in enumerate(maps):
         names = level_files(s)
-        write_label_png(out_dir / names["labels"], lab)
-        write_rgb_png(out_dir / names["overlay"], overlay(h, s))
-    from PIL import Image
+        if "labels" in outputs:
+            write_label_png(out_dir / names["labels"], lab)
+        if "overlays" in outputs:
+            write_rgb_png(out_dir / names["overlay"], overlay(h, s))
+    if "contours" in outputs:
+        from PIL import Image
 
-    Image.fromarray(contour_image(h.boundary_map(), h.num_levels)).save(out_dir / "contours.png")
-    h.save_npz(out_dir / "hierarchy.npz")
-    record = hierarchy_record(h, info=info)
-    tmp = out_dir / ".hierarchy.json.tmp"
-    tmp.write_text(json.dumps(record, default=json_default, separators=(",", ":")))
-    os.replace(tmp, out_dir / "hierarchy.json")
+        Image.fromarray(contour_image(h.boundary_map(), h.num_levels)).save(out_dir / "contours.png",
+                                                                             compress_level=PNG_LEVEL)
+    if "npz" in outputs:
+        h.save_npz(out_dir / "hierarchy.npz")
+    record = hierarchy_record(h, info=info, outputs=outputs)
+    if "json" in outputs:
+        tmp = out_dir / ".hierarchy.json.tmp"
+        tmp.write_text(json.dumps(record, default=json_default, separators=(",", ":")))
+        os.replace(tmp, out_dir / "hierarchy.json")
     return record

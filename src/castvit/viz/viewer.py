@@ -82,7 +82,7 @@ def viewer_entry(h: Hierarchy, *, name: str, info: dict[str, Any] | None = None,
         "notes": list(info.get("notes", [])),
         "image": _data_url(Image.fromarray(shown), "JPEG", quality=88),
         "thumb": _data_url(Image.fromarray(resize_image(shown, th, tw)), "JPEG", quality=80),
-        "superpixels": _data_url(Image.fromarray(ids, "RGB"), "PNG", compress_level=9),
+        "superpixels": _data_url(Image.fromarray(ids, "RGB"), "PNG", compress_level=6),
         "parents": [np.asarray(p).astype(int).tolist() for p in h.parents],
         "levels": levels,
     }
@@ -128,11 +128,18 @@ class ViewerWriter:
         self._entries_path = Path(tmp)
         self._entries = os.fdopen(fd, "w", encoding="utf-8")
 
-    def add(self, h: Hierarchy, *, name: str, info: dict[str, Any] | None = None) -> None:
-        entry = viewer_entry(h, name=name, info=info, max_side=self.max_side)
+    def entry(self, h: Hierarchy, *, name: str, info: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The record :meth:`add_entry` takes; the expensive part (picture encoding), safe
+        to compute in another thread."""
+        return viewer_entry(h, name=name, info=info, max_side=self.max_side)
+
+    def add_entry(self, entry: dict[str, Any]) -> None:
         self.random_weights |= entry["random_weights"]
         self._entries.write(_entry_script(entry))
         self.count += 1
+
+    def add(self, h: Hierarchy, *, name: str, info: dict[str, Any] | None = None) -> None:
+        self.add_entry(self.entry(h, name=name, info=info))
 
     def close(self, *, random_weights: bool | None = None) -> int:
         """Write the page; returns the number of images in it."""
