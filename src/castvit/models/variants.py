@@ -46,3 +46,33 @@ for size, dim in SIZES.items():
     register_model(f"vit_suppix_{size}", SuperpixelViT, dict(embed_dim=dim, depth=11, num_heads=12),
                    f"ViT-{size[0].upper()} whose tokens are superpixel means (CAST tokens, no pooling)",
                    tags=("vit", "baseline", "superpixel"))
+
+# Semantic segmentation (PROTOCOLS §1–2): Segmenter on the DeiT-convention encoder, SPML on the MoCo one.
+from castvit.models.segmenter import SegmentationModel  # noqa: E402
+
+for size in SIZES:
+    register_model(f"segmenter_cast_{size}", SegmentationModel,
+                   dict(encoder=f"cast_{size}_deit_seg", decoder="mask_transformer", num_classes=150,
+                        encoder_kwargs={"img_size": 512}),
+                   f"Segmenter: CAST-{size[0].upper()} DeiT-seg encoder + mask transformer (ADE20K / Pascal Context)",
+                   tags=("cast", "seg", "semantic"),
+                   pretrained_cfg={"input_size": [512, 512], "superpixels": {
+                       "method": "seeds", "num_levels": 1, "prior": 2, "histogram_bins": 5, "num_iterations": 15,
+                       "n_segments": 1024, "pixels_per_superpixel": 256}})
+    register_model(f"spml_cast_{size}", SegmentationModel,
+                   dict(encoder=f"cast_{size}_seg", decoder="spml", num_classes=21,
+                        encoder_kwargs={"img_size": 512}),
+                   f"SPML: CAST-{size[0].upper()} MoCo-seg encoder + 1×1-conv head (Pascal VOC)",
+                   tags=("cast", "seg", "semantic"),
+                   pretrained_cfg={"input_size": [512, 512], "superpixels": {
+                       "method": "seeds", "num_levels": 1, "prior": 2, "histogram_bins": 5, "num_iterations": 15,
+                       "n_segments": 1024, "pixels_per_superpixel": 256}})
+
+# ToMe on superpixel tokens (the authors' token-merging ablation), traced into a hierarchy
+# whose levels have CAST's token counts at the ends of CAST's stages.
+from castvit.models.tome import ToMeViT  # noqa: E402
+
+for size, dim in SIZES.items():
+    register_model(f"tome_{size}", ToMeViT, dict(embed_dim=dim, depth=[3, 3, 3, 2], num_heads=12, num_clusters=COARSE),
+                   f"ToMe-{size[0].upper()} on superpixel tokens (vit_suppix_{size} + bipartite merging, traced "
+                   "to 64/32/16/8 tokens)", tags=("tome", "baseline", "superpixel"))
