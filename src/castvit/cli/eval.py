@@ -12,6 +12,7 @@ import importlib
 # benchmark -> (module, one-line help)
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "bsds": ("castvit.cli.eval_bsds", "BSDS500 boundary and region benchmark, superpixel quality"),
+    "seg": ("castvit.cli.eval_seg", "semantic segmentation mIoU of a fine-tuned model (ADE20K, Context, VOC)"),
 }
 
 

@@ -118,6 +118,10 @@ def run(cfg: dict[str, Any], *, resume: bool | str = False, progress: bool = Tru
                                                                         else "cpu"))
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", torch.cuda.current_device())
+    if recipe == "segmentation":
+        from castvit.train.segmentation import run_config
+
+        return run_config(cfg, train_cfg, device, resume=resume, progress=progress)
     train_set, val_set, memory_set, num_classes = build_datasets(cfg)
     train_view, eval_view = build_views(cfg)
     seed, workers = train_cfg.seed, train_cfg.num_workers

@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-RECIPES = ("moco", "supervised", "linear_probe")
+RECIPES = ("moco", "supervised", "linear_probe", "segmentation")
 TOP_LEVEL = ("recipe", "output_dir", "device", "model", "data", "train")
 DATA_KEYS = ("kind", "train", "val", "classes", "image_size", "train_size", "val_size", "seed", "scene",
              "superpixels", "eval_superpixels", "train_view", "eval_view", "knn_memory", "knn_memory_size",
@@ -113,6 +113,10 @@ def recipe_config_class(recipe: str):
         from castvit.train.linear_probe import LinearProbeConfig
 
         return LinearProbeConfig
+    if recipe == "segmentation":
+        from castvit.train.segmentation import SegmentationConfig
+
+        return SegmentationConfig
     raise ConfigError(f"recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
 
 
@@ -150,8 +154,16 @@ def resolve(cfg: dict[str, Any]) -> dict[str, Any]:
     model.setdefault("kwargs", {})
     model.setdefault("pretrained", None)
     data = cfg.setdefault("data", {})
-    _check_keys("data", data, DATA_KEYS)
-    if data.get("kind") not in ("imagefolder", "images", "synthetic"):
+    if recipe == "segmentation":  # its data keys: castvit.train.segmentation
+        from castvit.train.segmentation import check_data
+
+        try:
+            check_data(data)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    else:
+        _check_keys("data", data, DATA_KEYS)
+    if recipe != "segmentation" and data.get("kind") not in ("imagefolder", "images", "synthetic"):
         raise ConfigError(f"data.kind must be imagefolder, images or synthetic, got {data.get('kind')!r}")
     train = make_dataclass(cls, cfg.get("train") or {}, "train")
     cfg["train"] = dataclasses.asdict(train)
