@@ -252,3 +252,15 @@ def test_bad_input_raises_value_error_that_names_the_fix(case):
     call, message = BAD_INPUTS[case]
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_slic_torch_is_a_registered_method_of_the_batch_api():
+    from castvit.superpixels import METHODS
+
+    images = np.stack([natural(name) for name in NAMES])
+    labels = compute_superpixels(images, "slic_torch", 49)
+    assert "slic_torch" in METHODS
+    assert labels.shape == (4, 64, 64) and labels.dtype == torch.int64
+    for lab in labels:
+        assert 1 < int(lab.max()) + 1 <= 49
+        assert torch.equal(torch.unique(lab), torch.arange(int(lab.max()) + 1))

@@ -7,6 +7,10 @@ Two backends, both returning contiguous ``int64`` labels ``0..K-1`` per image:
   method every published number uses.
 * :func:`slic` — scikit-image's SLIC, an alternative that retries with 3× compactness
   while fewer than ``n_segments / 2`` labels come back.
+* ``"slic_torch"`` — :func:`castvit.slic_torch.slic_torch`, SLIC in batched torch on the
+  images' own device (CPU or GPU), the tokenizer of the device-side input path. Labels
+  are numbered in grid order rather than order of first appearance, and with
+  ``fixed_k=True`` the id range is always ``0..n_segments-1``.
 
 :func:`compute_superpixels` runs either over a batch in a thread pool (OpenCV and
 scikit-image release the GIL) and returns a ``B×H×W`` int64 tensor;
@@ -56,7 +60,7 @@ import torch
 
 from castvit.ops import relabel_contiguous
 
-METHODS = ("seeds", "slic")
+METHODS = ("seeds", "slic", "slic_torch")
 MIN_IMAGE_SIZE = 8  # pixels per side; below this neither backend gives useful superpixels
 
 
@@ -229,13 +233,18 @@ def compute_superpixels_single(image: np.ndarray | torch.Tensor, method: str = "
     Args:
         image: one ``H×W×3`` or ``3×H×W`` RGB image, uint8 or float in [0, 1], numpy
             or torch (the rules of :func:`compute_superpixels`).
-        method: ``"seeds"`` or ``"slic"``.
+        method: ``"seeds"``, ``"slic"`` or ``"slic_torch"``.
         n_segments: requested number of superpixels.
-        **kwargs: passed to :func:`seeds` or :func:`slic`.
+        **kwargs: passed to :func:`seeds`, :func:`slic` or :func:`~castvit.slic_torch.slic_torch`.
 
     Returns:
         ``H×W`` int64 labels ``0..K-1``.
     """
+    if method == "slic_torch":
+        from castvit.slic_torch import slic_torch
+
+        rgb = torch.from_numpy(_as_rgb_uint8(image))[None]
+        return slic_torch(rgb, _check_n_segments(n_segments), **kwargs)[0].numpy()
     return _backend(method)(_as_rgb_uint8(image), n_segments, **kwargs)
 
 
@@ -256,17 +265,23 @@ def compute_superpixels(images: torch.Tensor | np.ndarray | Sequence[np.ndarray]
             Values are uint8 0..255, or floating point in [0, 1] (turned into uint8
             by ``round(x·255)``). Superpixels are computed before normalisation, so
             mean/std-normalised images are refused.
-        method: ``"seeds"`` (the paper's) or ``"slic"``.
+        method: ``"seeds"`` (the paper's), ``"slic"`` or ``"slic_torch"`` (batched
+            torch: a tensor stays on its device and the labels come back there).
         n_segments: requested superpixels per image (SEEDS: see the module docstring
             for the K it actually returns).
         num_workers: threads; ``None`` = ``min(B, os.cpu_count())``, ``0`` = serial in
-            the calling thread.
-        **kwargs: passed to :func:`seeds` or :func:`slic` (e.g.
-            ``**dataclasses.asdict(FINETUNE_SEEDS)``).
+            the calling thread. ``slic_torch`` ignores it and uses torch's intra-op
+            threads (``torch.set_num_threads``).
+        **kwargs: passed to :func:`seeds`, :func:`slic` or
+            :func:`~castvit.slic_torch.slic_torch` (e.g.
+            ``**dataclasses.asdict(FINETUNE_SEEDS)``, or ``fixed_k=True``).
 
     Returns:
-        ``B×H×W`` int64 tensor; image ``b`` has labels ``0..K_b-1``.
+        ``B×H×W`` int64 tensor; image ``b`` has labels ``0..K_b-1`` (``slic_torch`` with
+        ``fixed_k=True``: ids below ``n_segments``, some possibly unused).
     """
+    if method == "slic_torch":
+        return _slic_torch_batch(images, n_segments, kwargs)
     backend = _backend(method)
     n_segments = _check_n_segments(n_segments)
     batch = _as_rgb_uint8_batch(images)
@@ -284,6 +299,16 @@ def compute_superpixels(images: torch.Tensor | np.ndarray | Sequence[np.ndarray]
         with ThreadPoolExecutor(max_workers=min(num_workers, len(batch))) as pool:
             label_maps = list(pool.map(one, batch))
     return torch.from_numpy(np.stack(label_maps))
+
+
+def _slic_torch_batch(images: Any, n_segments: int, kwargs: dict[str, Any]) -> torch.Tensor:
+    """``compute_superpixels(method="slic_torch")``: one batched call on the images' device."""
+    from castvit.slic_torch import slic_torch
+
+    n_segments = _check_n_segments(n_segments)
+    if isinstance(images, (list, tuple)):  # the same checks and layout as the other backends
+        images = torch.from_numpy(np.stack(_as_rgb_uint8_batch(images)))
+    return slic_torch(images, n_segments, **kwargs)
 
 
 # --------------------------------------------------------------------------- input checks
