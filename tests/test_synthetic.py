@@ -140,10 +140,11 @@ def test_part_class_names_the_type_of_every_part():
     assert sorted(scene.part_class[1:]) in ([1, 2, 4], [2, 3, 4])  # head, body, foot
 
 
-def test_masks_are_exactly_the_drawn_pixels():
+@pytest.mark.parametrize("family", synthetic.FAMILIES)
+def test_masks_are_exactly_the_drawn_pixels(family):
     # Flat colours, no jitter, plain background: each part is one colour, so a wrong
     # occlusion order or a misaligned mask shows up as an off-colour pixel.
-    config = SceneConfig(num_classes=MAX_CLASSES, clutter=0.0, texture_strength=0.0, color_jitter=0.0)
+    config = SceneConfig(num_classes=MAX_CLASSES, clutter=0.0, texture_strength=0.0, color_jitter=0.0, family=family)
     for index in range(20):
         scene = generate_scene(index, config)
         for part_id in range(1, scene.part_mask.max() + 1):
@@ -267,6 +268,7 @@ def test_zero_rotation_keeps_bodies_axis_aligned():
         dict(max_rotation_deg=45.0),
         dict(clutter=1.5),
         dict(texture_strength=-0.1),
+        dict(family="camo"),
     ],
 )
 def test_invalid_config_is_rejected(bad):
@@ -333,3 +335,48 @@ def test_data_module_imports_no_model_code():
     ]
     forbidden = ("castvit.models", "castvit.train", "castvit.eval", "castvit.viz", "torchvision")
     assert not [name for name in imported if name and name.startswith(forbidden)]
+
+
+# ------------------------------------------------------------- camouflage family
+
+
+def test_default_family_is_the_colour_coded_one():
+    assert SceneConfig().family == "colour"
+
+
+def test_camouflage_parts_wear_colours_of_the_background():
+    config = SceneConfig(family="camouflage", clutter=0.0, texture_strength=0.0, color_jitter=0.0)
+    for index in range(20):
+        scene = generate_scene(index, config)
+        background = scene.image[scene.object_mask == 0].astype(np.int64)
+        for part_id in range(1, scene.part_mask.max() + 1):
+            colour = np.median(scene.image[scene.part_mask == part_id], axis=0)
+            # the illumination ramp shifts the background by up to ~15 %
+            close = (np.abs(background - colour).max(1) <= 40).mean()
+            assert close > 0.01, f"scene {index}, part {part_id}: colour {colour} is not in the background"
+
+
+def test_camouflage_keeps_the_classes_and_their_layouts():
+    train = generate_split(200, SceneConfig(num_classes=MAX_CLASSES, family="camouflage"), seed=1)
+    test = generate_split(200, SceneConfig(num_classes=MAX_CLASSES, family="camouflage"), seed=2)
+    accuracy = nearest_centroid_accuracy(part_layouts(train), train["label"], part_layouts(test), test["label"])
+    assert accuracy > 0.9, accuracy
+
+
+def test_colour_grouping_finds_objects_far_worse_in_camouflage():
+    from castvit.eval.baselines import colour_grouping
+
+    side = np.arange(64) // 4
+    squares = side[:, None] * 16 + side[None]  # 256 superpixels of 4×4 px
+
+    def best_object_iou(family: str) -> float:
+        ious = []
+        for index in range(25):
+            scene = generate_scene(index, SceneConfig(family=family), seed=3)
+            coarse = colour_grouping(scene.image, squares, (4,))[1]
+            obj = scene.object_mask > 0
+            ious.append(max((obj & (coarse == s)).sum() / (obj | (coarse == s)).sum() for s in np.unique(coarse)))
+        return float(np.mean(ious))
+
+    colour, camouflage = best_object_iou("colour"), best_object_iou("camouflage")
+    assert camouflage < colour - 0.1, (colour, camouflage)

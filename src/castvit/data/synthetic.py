@@ -53,6 +53,21 @@ of the CC0 textures shipped with scikit-image (brick, grass, gravel). With
 ``clutter > 0`` loose parts of the same vocabulary (distractors) are scattered on the
 background; they are background in the masks.
 
+Scene families
+--------------
+``family="colour"`` (the default, above) gives every part its own palette colour, all
+different from each other and standing out from the background: a colour clustering
+finds the parts. ``family="camouflage"`` keeps the classes, parts, textures and masks
+but removes that low-level cue, so only shape and layout tell object from clutter:
+
+* each image draws **three shared colours**; the background is a patchwork of
+  polygonal (Voronoi) cells, each in one shared colour with one of the four part
+  textures; the distractor parts and the object's parts take their colours from the
+  same three, independently, so neighbouring parts may share a colour with each other
+  and with the background around them;
+* distractors are always present (2 to 6 with ``clutter``), and are the same part
+  shapes, with the same textures, as the object's.
+
 Masks are exact: pixels are drawn without anti-aliasing, later shapes overwrite
 earlier ones, and the masks record whatever is visible. Part ids are renumbered to
 the visible parts, so a part or object hidden completely by another object (only
@@ -76,6 +91,7 @@ __all__ = [
     "PART_TYPES",
     "PARTS_PER_OBJECT",
     "MAX_CLASSES",
+    "FAMILIES",
     "SceneConfig",
     "Scene",
     "class_names",
@@ -87,6 +103,7 @@ __all__ = [
 PART_TYPES: tuple[str, ...] = ("background", "disc", "rectangle", "triangle", "ellipse")
 DISC, RECTANGLE, TRIANGLE, ELLIPSE = 1, 2, 3, 4
 PARTS_PER_OBJECT = 3
+FAMILIES: tuple[str, ...] = ("colour", "camouflage")
 
 
 class _Layout(NamedTuple):
@@ -156,6 +173,8 @@ class SceneConfig:
             (1 = brightness ±30 %); 0 gives flat-coloured parts.
         color_jitter: in [0, 1], per-part colour perturbation and per-image
             brightness / white-balance change; 0 keeps exact palette colours.
+        family: ``"colour"`` (parts in their own colours) or ``"camouflage"`` (parts,
+            distractors and background share three colours; module docstring).
     """
 
     image_size: int = 64
@@ -166,6 +185,7 @@ class SceneConfig:
     clutter: float = 0.3
     texture_strength: float = 0.5
     color_jitter: float = 0.5
+    family: str = "colour"
 
     def __post_init__(self) -> None:
         # Configs read from YAML give lists; keep the dataclass hashable.
@@ -183,6 +203,8 @@ class SceneConfig:
             raise ValueError(f"scale_range must satisfy 0 < low <= high <= 1, got {self.scale_range}")
         if not 0.0 <= self.max_rotation_deg < 45.0:
             raise ValueError(f"max_rotation_deg must be in [0, 45), got {self.max_rotation_deg}")
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {self.family!r}")
         for name in ("clutter", "texture_strength", "color_jitter"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -555,6 +577,34 @@ def _background(rng: np.random.Generator, config: SceneConfig) -> np.ndarray:
     return shade[..., None] * tint
 
 
+def _patchwork(rng: np.random.Generator, config: SceneConfig, shared: np.ndarray, amplitude: float) -> np.ndarray:
+    """``H×W×3`` float32 camouflage background: 6 to 10 Voronoi cells, each in one of
+    the ``shared`` palette colours (every one of them used) with one of the part textures (random period,
+    orientation and phase), under a soft illumination ramp."""
+    size = config.image_size
+    num_cells = int(rng.integers(6, 11))
+    seeds = rng.uniform(0, size, size=(num_cells, 2))
+    axis = np.arange(size, dtype=np.float32) + 0.5
+    dist = (axis[None, :, None] - seeds[:, 0, None, None]) ** 2 + (axis[None, None, :] - seeds[:, 1, None, None]) ** 2
+    cell = dist.argmin(0).T  # dist is indexed [cell, x, y]
+    colour_of_cell = shared[rng.permutation(num_cells) % len(shared)]  # every shared colour is used
+    yy, xx = np.meshgrid(axis, axis, indexing="ij")
+    canvas = np.empty((size, size, 3), np.float32)
+    for c in range(num_cells):
+        inside = cell == c
+        angle = rng.uniform(0, 2 * np.pi)
+        u = math.cos(angle) * xx + math.sin(angle) * yy
+        v = math.cos(angle) * yy - math.sin(angle) * xx
+        period = _texture_period(rng, size * rng.uniform(*config.scale_range) / 2)
+        kind = int(rng.integers(DISC, ELLIPSE + 1))
+        shade = 1.0 + amplitude * _texture(kind, u, v, period, (float(rng.uniform()), float(rng.uniform())))
+        colour = _part_colour(rng, int(colour_of_cell[c]), config)
+        canvas[inside] = (shade[..., None] * colour)[inside]
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = math.cos(angle) * (xx / size - 0.5) + math.sin(angle) * (yy / size - 0.5)
+    return canvas * (1.0 + 0.2 * rng.uniform(-1, 1) * ramp)[..., None]
+
+
 # ----------------------------------------------------------------------------- scene
 
 
@@ -597,10 +647,19 @@ def generate_scene(index: int, config: SceneConfig | None = None, seed: int = 0)
     size = config.image_size
     label = int(rng.integers(config.num_classes))
 
-    canvas = _background(rng, config)
     texture_amplitude = 0.3 * config.texture_strength
-    for _ in range(int(rng.integers(round(6 * config.clutter) + 1))):
-        _draw_part(canvas, _distractor(rng, _object_radius(rng, config), config), texture_amplitude)
+    if config.family == "camouflage":
+        shared = rng.choice(len(_PALETTE), size=3, replace=False)
+        canvas = _patchwork(rng, config, shared, texture_amplitude)
+        for _ in range(int(rng.integers(2, 3 + round(4 * config.clutter)))):
+            part = _distractor(rng, _object_radius(rng, config), config)
+            part.colour = _part_colour(rng, int(rng.choice(shared)), config)
+            _draw_part(canvas, part, texture_amplitude)
+    else:
+        shared = None
+        canvas = _background(rng, config)
+        for _ in range(int(rng.integers(round(6 * config.clutter) + 1))):
+            _draw_part(canvas, _distractor(rng, _object_radius(rng, config), config), texture_amplitude)
 
     object_mask = np.zeros((size, size), np.int64)
     part_mask = np.zeros((size, size), np.int64)
@@ -612,6 +671,8 @@ def generate_scene(index: int, config: SceneConfig | None = None, seed: int = 0)
     centres = _place_objects(rng, [obj.reach * obj.radius for obj in objects], size)
     for object_id, (obj, centre) in enumerate(zip(objects, centres), start=1):
         for part in obj.parts_at(centre):
+            if shared is not None:
+                part.colour = _part_colour(rng, int(rng.choice(shared)), config)
             part_types.append(part.kind)
             ids = (object_id, len(part_types) - 1)
             _draw_part(canvas, part, texture_amplitude, (object_mask, part_mask), ids)
