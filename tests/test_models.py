@@ -249,3 +249,20 @@ def test_half_precision_model_agrees_with_fp32(fixture_name, name, dtype, fast):
     assert out.dtype == dtype and torch.isfinite(out).all()
     rel = ((out.float() - ref).norm() / ref.norm()).item()
     assert rel <= HALF_TOL[dtype], f"{dtype} relative error {rel:.4f}"
+
+
+def test_compose_assignments_follows_each_token_up_the_parent_chain():
+    """Against an independent per-token walk (the nesting of the hierarchy follows from
+    this composition, so a test of nesting alone could not fail)."""
+    from castvit.models import compose_assignments
+
+    gen = torch.Generator().manual_seed(0)
+    sizes = [(40, 12), (12, 6), (6, 3)]
+    logits = [torch.randn(2, n, k, generator=gen) for n, k in sizes]
+    labels = compose_assignments(logits)
+    for b in range(2):
+        for tok in range(40):
+            node = tok
+            for level, lg in enumerate(logits):
+                node = max(range(lg.shape[2]), key=lambda k: lg[b, node, k].item())
+                assert labels[level][b, tok].item() == node
