@@ -135,6 +135,8 @@ def read_image(path: str | os.PathLike, *, max_side: int | None = None) -> Loade
     except OSError as exc:
         raise ImageReadError(f"cannot open: {exc}") from exc
     with im:
+        tile = getattr(im, "tile", None) or []
+        raw = tile[0].args if tile and isinstance(tile[0].args, str) else ""  # cleared once pixels load
         frames = getattr(im, "n_frames", 1)
         if frames > 1:
             notes.append(f"{frames} frames/pages: using the first")
@@ -154,6 +156,9 @@ def read_image(path: str | os.PathLike, *, max_side: int | None = None) -> Loade
             raise ImageReadError(f"truncated or corrupt image data ({exc})") from exc
         if orientation != 1:
             notes.append(f"EXIF orientation {orientation} applied")
+        if im.mode in ("RGB", "RGBA") and ";16" in raw:
+            bits = 48 if im.mode == "RGB" else 64
+            notes.append(f"{bits}-bit {im.mode} (16 bits per channel): reduced to 8 bits per channel")
         rgb = _to_rgb(oriented, notes)
     if max_side and max(original_size) > max_side:
         s = max_side / max(original_size)
@@ -168,9 +173,6 @@ def _to_rgb(im, notes: list[str]) -> np.ndarray:
     """Pillow image of any mode → ``H×W×3`` uint8, noting the conversion."""
     mode = im.mode
     if mode == "RGB":
-        rawmode = im.tile[0].args if getattr(im, "tile", None) else None
-        if isinstance(rawmode, str) and "16" in rawmode:
-            notes.append("16-bit RGB: reduced to 8 bits")
         return np.asarray(im)
     if mode in ("L", "1"):
         notes.append("grayscale: channels replicated to RGB" if mode == "L" else "1-bit: converted to RGB")
