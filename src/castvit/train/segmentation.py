@@ -152,7 +152,12 @@ class SegmentationRecipe(Recipe):
         set_lr(self.optimizer, self.lr)
         with autocast(self.device, c.amp_bf16):
             logits = self.ddp(images, sp)
-        loss = pixel_cross_entropy(logits, target)
+        # Mean over the labelled pixels of the *global* batch: DDP averages gradients over
+        # ranks, so each rank scales its sum by world / (labelled pixels on all ranks).
+        valid_here = (target != IGNORE_INDEX).sum().double().cpu()
+        total = float(D.all_reduce_sum(valid_here)) if D.is_distributed() else float(valid_here)
+        loss_sum = F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX, reduction="sum")
+        loss = loss_sum * D.get_world_size() / max(total, 1.0)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if c.grad_clip:
