@@ -66,12 +66,23 @@ def test_two_tight_groups_give_the_brute_force_best_partition():
 
 
 def test_levels_cluster_the_prototypes_of_the_level_below():
-    x = np.random.default_rng(4).standard_normal((50, 8))
+    x = np.random.default_rng(4).standard_normal((50, 8)) + 3.0  # a common direction, as ViT tokens have
     parents = kmeans_parents(x, (16, 8, 4, 2), seed=0)
     assert [len(p) for p in parents] == [50, 16, 8, 4]
     assert [p.max() < k for p, k in zip(parents, (16, 8, 4, 2))] == [True] * 4
-    _, proto16 = spherical_kmeans(x, 16, seed=0)
-    assert np.array_equal(parents[1], spherical_kmeans(proto16, 8, seed=1)[0])
+    # each level clusters the mean-centred prototypes of the level below
+    labels16, proto16 = spherical_kmeans(x - x.mean(0), 16, seed=0)
+    assert np.array_equal(parents[0], labels16)
+    assert np.array_equal(parents[1], spherical_kmeans(proto16 - proto16.mean(0), 8, seed=1)[0])
+    plain = kmeans_parents(x, (16, 8), seed=0, center=False)
+    _, raw16 = spherical_kmeans(x, 16, seed=0)
+    assert np.array_equal(plain[1], spherical_kmeans(raw16, 8, seed=1)[0])
+
+
+def test_centring_keeps_clusters_that_share_a_common_direction_apart():
+    x = blobs(np.array([[5.0, 0.3, 0.0], [5.0, -0.3, 0.0], [5.0, 0.0, 0.3], [5.0, 0.0, -0.3]]), 10, 0.02)
+    assert len(set(kmeans_parents(x, (4,), seed=0)[0])) == 4
+    assert len(set(kmeans_parents(x, (4,), seed=0, center=False)[0])) < 4  # κ = 5 is too soft for them
 
 
 def test_more_clusters_than_points_keeps_every_point():

@@ -6,13 +6,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from castvit.demo import DemoConfig, run_demo
+from castvit.demo import EXTRA_BASELINES, FAMILIES, DemoConfig, run_demo
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = DemoConfig()
     parser.add_argument("--out", default="castvit-demo", help="report folder (default: %(default)s)")
     parser.add_argument("--quick", action="store_true",
-                        help="tiny run for tests: 48 training images, 1 epoch (other flags still apply)")
+                        help="tiny run for tests: 32 training images, 1 epoch, every baseline (other flags still apply)")
+    parser.add_argument("--families", type=_families,
+                        help=f"scene families, comma-separated from {','.join(FAMILIES)} (default: both)")
+    parser.add_argument("--baselines", type=_baselines,
+                        help=f"trained baselines to add: {','.join(EXTRA_BASELINES)}, 'all' or 'none' (default none: "
+                        "they do not fit the 10-minute budget on 2 CPU cores)")
+    parser.add_argument("--no-level4", dest="level4", action="store_false", default=None,
+                        help="skip the CAST whose head reads the level-4 tokens (every level learned)")
     parser.add_argument("--epochs", type=int, help=f"training epochs (default {d.epochs})")
     parser.add_argument("--num-train", type=int, help=f"training scenes (default {d.num_train})")
     parser.add_argument("--num-test", type=int, help=f"test scenes (default {d.num_test})")
@@ -36,10 +44,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help=f"torch device, e.g. cpu or cuda (default {d.device})")
     parser.add_argument("--threads", type=int, help=f"CPU threads for torch (default {d.threads})")
     parser.add_argument("--tolerance-px", type=float,
-                        help=f"boundary match distance in pixels (default {d.tolerance_px})")
+                        help=f"boundary match distance in pixels, BSDS boundary rule (default {d.tolerance_px})")
     parser.add_argument("--examples", type=int, dest="num_examples",
                         help=f"test images in the example figures (default {d.num_examples})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _families(text: str) -> tuple[str, ...]:
+    names = tuple(v.strip() for v in text.split(",") if v.strip())
+    bad = [n for n in names if n not in FAMILIES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown families {bad or text!r}; choose from {', '.join(FAMILIES)}")
+    return names
+
+
+def _baselines(text: str) -> tuple[str, ...]:
+    if text in ("all", "none"):
+        return EXTRA_BASELINES if text == "all" else ()
+    names = tuple(v.strip() for v in text.split(",") if v.strip())
+    bad = [n for n in names if n not in EXTRA_BASELINES]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown baselines {bad}; choose from {', '.join(EXTRA_BASELINES)}, "
+                                         "all or none")
+    return names
 
 
 def _int_list(text: str) -> tuple[int, ...]:

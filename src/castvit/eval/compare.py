@@ -108,8 +108,8 @@ def compare_methods(scores: dict[str, MethodScores], num_resamples: int = 1000, 
     and mIoU is skipped (over-segmentation scores 1 there by construction).
 
     Returns:
-        ``{"pairs": {baseline: [rows]}, "counts": {baseline: {"win", "loss", "tie"}},
-        "beats": {baseline: bool}, "verdict": str}``; a row holds ``gt``, ``metric``,
+        ``{"reference": reference, "pairs": {baseline: [rows]}, "counts": {baseline:
+        {"win", "loss", "tie"}}, "beats": {baseline: bool}, "num_resamples", "verdict": str}``; a row holds ``gt``, ``metric``,
         ``level``, ``trained``, ``baseline``, ``diff``, ``low``, ``high``, ``outcome``.
         ``beats`` is True when wins outnumber losses and ties together.
     """
@@ -148,14 +148,19 @@ def compare_methods(scores: dict[str, MethodScores], num_resamples: int = 1000, 
         pairs[base_name] = rows
         counts[base_name] = {o: sum(r["outcome"] == o for r in rows) for o in ("win", "loss", "tie")}
     beats = {b: c["win"] > c["loss"] + c["tie"] for b, c in counts.items()}
-    return {"pairs": pairs, "counts": counts, "beats": beats, "num_resamples": num_resamples,
-            "verdict": _verdict(counts, beats)}
+    return {"reference": reference, "pairs": pairs, "counts": counts, "beats": beats,
+            "num_resamples": num_resamples, "verdict": _verdict(counts, beats, reference)}
 
 
-def _verdict(counts: dict[str, dict[str, int]], beats: dict[str, bool]) -> str:
-    names = {"untrained": "the untrained model", "colour_grouping": "the colour grouping",
-             "superpixels": "the superpixels alone"}
-    names = {b: names.get(b, b) for b in counts}
+BASELINE_NAMES = {"untrained": "the untrained model", "colour_grouping": "the colour grouping",
+                  "superpixels": "the superpixels alone", "trained": "the authors' CAST (level 4 frozen)",
+                  "tome": "traced ToMe", "vit_kmeans": "ViT + k-means"}
+SUBJECTS = {"trained": "Training", "trained_l4": "Training every level"}
+
+
+def _verdict(counts: dict[str, dict[str, int]], beats: dict[str, bool], reference: str = "trained") -> str:
+    names = {b: BASELINE_NAMES.get(b, b) for b in counts}
+    subject = SUBJECTS.get(reference, reference)
     parts = []
     for b, c in counts.items():
         total = sum(c.values())
@@ -163,9 +168,9 @@ def _verdict(counts: dict[str, dict[str, int]], beats: dict[str, bool]) -> str:
     won = [names[b] for b, ok in beats.items() if ok]
     lost = [names[b] for b, ok in beats.items() if not ok]
     if not lost:
-        head = "Training BEATS every baseline on segmentation"
+        head = f"{subject} BEATS every baseline on segmentation"
     elif not won:
-        head = "Training does NOT beat any baseline on segmentation"
+        head = f"{subject} does NOT beat any baseline on segmentation"
     else:
-        head = f"Training beats {' and '.join(won)} but does NOT beat {' or '.join(lost)} on segmentation"
+        head = f"{subject} beats {', '.join(won)} but does NOT beat {' or '.join(lost)} on segmentation"
     return (f"{head} (paired bootstrap 95% intervals per level and metric; " + "; ".join(parts) + ").")

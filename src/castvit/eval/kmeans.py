@@ -5,7 +5,8 @@ spherical k-means; the 64 prototypes are then clustered into 32, 16 and 8. Every
 level groups the level below, so the result is a strictly nested hierarchy
 (:class:`castvit.Hierarchy`), scored by :mod:`castvit.eval.compare` like CAST's.
 
-Spherical k-means here is the soft (von Mises-Fisher) variant: features and
+Each level's points (features, then prototypes) are centred on their mean first (see
+:func:`kmeans_parents`). Spherical k-means here is the soft (von Mises-Fisher) variant: features and
 prototypes are unit vectors; each iteration gives feature i the responsibilities
 ``softmax_k(κ · cos(x_i, c_k))`` (``κ`` = ``concentration``, 5 as CAST's pooling
 logits) and moves each prototype to the normalised responsibility-weighted sum of the
@@ -90,13 +91,19 @@ def _kmeans_pp(unit: np.ndarray, k: int, seed: int) -> list[int]:
 
 
 def kmeans_parents(features: torch.Tensor | np.ndarray, num_clusters: Sequence[int] = (64, 32, 16, 8), *,
-                   concentration: float = 5.0, iterations: int = 30, seed: int = 0) -> list[np.ndarray]:
+                   concentration: float = 5.0, iterations: int = 30, seed: int = 0, center: bool = True
+                   ) -> list[np.ndarray]:
     """Hierarchical spherical k-means of one image's features.
 
     Args:
         features: ``N×D`` token features (tensor or array).
         num_clusters: clusters per level, fine to coarse: the features go into the
             first count, that level's prototypes into the next, and so on.
+        center: subtract the mean of the points of each level before clustering them
+            (as CAST's pooling centres its tokens before its cosine similarities).
+            The tokens of one image share a large common direction; without
+            centring, the soft assignments at concentration 5 are nearly uniform and
+            the prototypes collapse onto it (one or two clusters per level).
 
     Returns:
         ``parents``: ``parents[0]`` (``N``) the level-1 cluster of every feature,
@@ -105,8 +112,14 @@ def kmeans_parents(features: torch.Tensor | np.ndarray, num_clusters: Sequence[i
     """
     if any(a < b for a, b in zip(num_clusters, num_clusters[1:])) or min(num_clusters, default=1) < 1:
         raise ValueError(f"num_clusters must be positive and not increase, got {list(num_clusters)}")
-    parents, points = [], features
+    parents = []
+    points = np.asarray(features.detach().cpu() if torch.is_tensor(features) else features, dtype=np.float64)
     for level, k in enumerate(num_clusters):
+        if center and len(points) > 1:
+            centred = points - points.mean(0)
+            scale = np.linalg.norm(points, axis=1).max()
+            # a point at the mean has no direction once centred: it keeps its own
+            points = np.where(np.linalg.norm(centred, axis=1, keepdims=True) > 1e-9 * scale, centred, points)
         labels, proto = spherical_kmeans(points, k, concentration=concentration, iterations=iterations,
                                          seed=seed + level)
         parents.append(labels)
