@@ -13,6 +13,8 @@ import importlib
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "bsds": ("castvit.cli.eval_bsds", "BSDS500 boundary and region benchmark, superpixel quality"),
     "seg": ("castvit.cli.eval_seg", "semantic segmentation mIoU of a fine-tuned model (ADE20K, Context, VOC)"),
+    "voc-nn": ("castvit.cli.eval_voc_nn", "VOC segmentation without labels: nearest-neighbour retrieval (MoCo CAST)"),
+    "partimagenet": ("castvit.cli.eval_partimagenet", "PartImageNet object / part segmentation named by CLIP"),
 }
 
 
