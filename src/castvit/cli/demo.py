@@ -13,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = DemoConfig()
     parser.add_argument("--out", default="castvit-demo", help="report folder (default: %(default)s)")
     parser.add_argument("--quick", action="store_true",
-                        help="tiny run for tests: 32 training images, 1 epoch, every baseline (other flags still apply)")
+                        help="tiny run for tests: 32 training images, 1 epoch, every baseline (other flags apply)")
     parser.add_argument("--families", type=_families,
                         help=f"scene families, comma-separated from {','.join(FAMILIES)} (default: both)")
     parser.add_argument("--baselines", type=_baselines,

@@ -109,7 +109,8 @@ def compare_methods(scores: dict[str, MethodScores], num_resamples: int = 1000, 
 
     Returns:
         ``{"reference": reference, "pairs": {baseline: [rows]}, "counts": {baseline:
-        {"win", "loss", "tie"}}, "beats": {baseline: bool}, "num_resamples", "verdict": str}``; a row holds ``gt``, ``metric``,
+        {"win", "loss", "tie"}}, "beats": {baseline: bool}, "num_resamples", "verdict": str}``;
+        a row holds ``gt``, ``metric``,
         ``level``, ``trained``, ``baseline``, ``diff``, ``low``, ``high``, ``outcome``.
         ``beats`` is True when wins outnumber losses and ties together.
     """

@@ -48,7 +48,6 @@ import math
 from typing import Sequence
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from castvit.models.cast import PATCH, check_inputs, superpixel_tokens
