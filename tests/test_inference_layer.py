@@ -398,3 +398,14 @@ def test_only_cli_modules_define_commands():
         if {"add_arguments", "run"} <= names or "ArgumentParser(" in f.read_text():
             offenders.append(str(f.relative_to(SRC)))
     assert not offenders, offenders
+
+
+def test_a_fine_tuned_segmenter_checkpoint_loads_whole_by_name(tmp_path):
+    kw = dict(num_classes=5, encoder_kwargs=dict(TINY, num_classes=0))
+    kw["encoder_kwargs"].pop("num_classes")
+    torch.manual_seed(0)
+    src = castvit.create_model("segmenter_cast_small", **kw)
+    torch.save({"model": src.state_dict(), "epoch": 3}, tmp_path / "checkpoint.pth")  # Segmenter's container
+    back = castvit.create_model("segmenter_cast_small", pretrained=str(tmp_path / "checkpoint.pth"), **kw)
+    for k, v in src.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v), k

@@ -228,6 +228,9 @@ def load_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | Mapping[st
         raise ValueError(f"reset_head must be 'auto', 'never' or 'always', got {reset_head!r}")
     obj = read_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
     sd, container = extract_state_dict(obj, use_ema=use_ema)
+    if container == "segmenter" and any(k.startswith("encoder.") for k in model.state_dict()):
+        # a whole segmentation model (encoder + decoder) takes the container as it is
+        sd, container = dict(obj["model"]), "segmenter (encoder + decoder)"
     sd = adapt_block_keys(sd, model)
     report = LoadReport(container=container, loaded=0)
     _fit_pos_embed(sd, model, report.notes)
