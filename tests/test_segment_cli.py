@@ -278,3 +278,34 @@ def test_unknown_outputs_are_refused(photos, tmp_path):
     folder, _ = photos
     with pytest.raises(SystemExit):
         run_cli(folder / "coffee.png", "--out", tmp_path, "--outputs", "labels,pdf")
+
+
+def test_a_semantic_model_also_writes_its_class_map(photos, tmp_path):
+    import torch
+
+    import castvit
+    from castvit.inference import HierarchyPredictor
+
+    folder, sizes = photos
+    enc = "{img_size: 64, embed_dim: 48, num_heads: 4, pool_num_heads: 4, depth: [1,1,1,1], num_clusters: [16,8,4,2]}"
+    code, _, err = run_cli(folder / "coffee.png", "--out", tmp_path, "--no-viewer", "-q", "--model",
+                           "segmenter_cast_small", "--model-arg", "num_classes=7", "--model-arg",
+                           f"encoder_kwargs={enc}", "--size", "128")
+    assert code == 0, err
+    with Image.open(tmp_path / "coffee" / "classes.png") as im:
+        assert im.mode == "P" and im.size == sizes["coffee"][::-1]
+        classes = np.asarray(im)
+    assert classes.max() < 7
+    doc = json.loads((tmp_path / "coffee" / "hierarchy.json").read_text())
+    assert doc["files"]["classes"] == "classes.png"
+    # the same map, computed independently: logits at the working size, resized, argmax
+    torch.manual_seed(0)
+    model = castvit.create_model("segmenter_cast_small", num_classes=7,
+                                 encoder_kwargs=dict(img_size=64, embed_dim=48, num_heads=4, pool_num_heads=4,
+                                                     depth=[1, 1, 1, 1], num_clusters=[16, 8, 4, 2])).eval()
+    image = np.asarray(Image.open(folder / "coffee.png").convert("RGB"))
+    prep = HierarchyPredictor(model, size=128).prepare(image)
+    with torch.no_grad():
+        logits = model(castvit.ops.normalize_images(prep.work_image), torch.from_numpy(prep.work_sp)[None])
+        full = torch.nn.functional.interpolate(logits, size=image.shape[:2], mode="bilinear", align_corners=False)
+    assert (full[0].argmax(0).numpy() == classes).mean() > 0.999

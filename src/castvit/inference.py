@@ -355,7 +355,12 @@ class HierarchyPredictor:
                 hs = Hierarchy.from_outputs(feats, sp, vanished=self.vanished, on_grid=on_grid,
                                             images=[items[i].image for i in idx],
                                             full_superpixels=[items[i].full_sp for i in idx])
-                for i, hier in zip(idx, hs):
+                class_logits = feats.get("class_logits")
+                for k, (i, hier) in enumerate(zip(idx, hs)):
+                    if class_logits is not None:  # semantic models: the class map at full resolution
+                        full = torch.nn.functional.interpolate(class_logits[k:k + 1], size=hier.shape,
+                                                               mode="bilinear", align_corners=False)
+                        hier.classes = full[0].argmax(0).cpu().numpy().astype(np.int64)
                     hier.meta.update(working_size=[h, w], superpixel_method=self.method,
                                      superpixel_resolution=self.superpixel_resolution,
                                      n_superpixels=items[i].n_superpixels, vanished=self.vanished,

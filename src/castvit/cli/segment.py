@@ -184,7 +184,7 @@ def build_model(args: argparse.Namespace, say) -> tuple[Any, dict[str, Any]]:
         raise SetupError(f"checkpoint {args.checkpoint!r}: {exc}") from None
     except (ValueError, TypeError) as exc:
         raise SetupError(f"cannot build model {name!r}: {exc}") from None
-    if not hasattr(model, "min_superpixels") or not hasattr(model, "pools"):
+    if not hasattr(model, "min_superpixels") or not hasattr(model, "forward_features"):
         raise SetupError(f"model {name!r} has no segmentation hierarchy (it is not a CAST model); "
                          "choose one of 'castvit models cast_*'")
     return model.eval(), {"name": name, "checkpoint": str(Path(args.checkpoint).resolve()) if args.checkpoint else None,

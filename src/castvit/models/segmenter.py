@@ -170,6 +170,12 @@ class SegmentationModel(nn.Module):
         return self.encoder.min_superpixels
 
     def forward(self, images: torch.Tensor, superpixels: torch.Tensor) -> torch.Tensor:
+        """``B×C×H×W`` class logits at the images' resolution."""
+        return self.forward_features(images, superpixels)["class_logits"]
+
+    def forward_features(self, images: torch.Tensor, superpixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The encoder's outputs (pooling logits ``logit1..4`` for the hierarchy, fused
+        ``features``) plus ``class_logits`` (``B×C×H×W``)."""
         if not torch.is_tensor(images) or images.ndim != 4:
             raise ValueError("images must be a B×3×H×W tensor")
         if not torch.is_tensor(superpixels) or superpixels.ndim != 3 or superpixels.shape[0] != images.shape[0]:
@@ -197,7 +203,7 @@ class SegmentationModel(nn.Module):
             out = out[..., :h, :w]
         if tuple(out.shape[-2:]) != (h, w):
             out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
-        return out
+        return {**feats, "class_logits": out}
 
     def param_groups(self, weight_decay: float, lr_mult: Mapping[str, float] | None = None,
                      bias_weight_decay: float = 0.0) -> list[dict[str, Any]]:

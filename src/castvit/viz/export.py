@@ -46,6 +46,33 @@ def write_label_png(path: str | os.PathLike, labels: np.ndarray) -> None:
     Image.fromarray(labels.astype(np.uint16)).save(path, optimize=False, compress_level=PNG_LEVEL)
 
 
+def class_palette(n: int = 256) -> np.ndarray:
+    """``n×3`` uint8: the Pascal VOC colour map (class 0 black, 255 the void colour)."""
+    pal = np.zeros((n, 3), dtype=np.uint8)
+    for i in range(n):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal[i] = (r, g, b)
+    return pal
+
+
+def write_class_png(path: str | os.PathLike, classes: np.ndarray) -> None:
+    """Write an ``H×W`` class map (ids 0..255) as a palette PNG: the pixel values are the
+    class ids (``np.asarray(Image.open(path))``), the palette colours them."""
+    from PIL import Image
+
+    classes = np.asarray(classes)
+    if classes.size and (classes.min() < 0 or classes.max() > 255):
+        raise ValueError(f"class ids must lie in 0..255 for a palette PNG, got {classes.min()}..{classes.max()}")
+    im = Image.fromarray(classes.astype(np.uint8))  # mode L; putpalette makes it P
+    im.putpalette(class_palette().ravel().tolist())
+    im.save(path, compress_level=PNG_LEVEL)
+
+
 def read_label_png(path: str | os.PathLike) -> np.ndarray:
     """Read a label PNG written by :func:`write_label_png` as ``H×W`` int64."""
     from PIL import Image
@@ -96,7 +123,8 @@ def hierarchy_record(h: Hierarchy, *, info: dict[str, Any],
     head = {"format": JSON_FORMAT, "name": info.get("name"), "source": info.get("source"), "size": list(h.shape)}
     return {**head, **{k: v for k, v in info.items() if k not in head}, "num_levels": h.num_levels,
             "hierarchy": h.meta,
-            "files": {k: v for k, v in (("npz", "hierarchy.npz"), ("contours", "contours.png")) if k in outputs},
+            "files": {**{k: v for k, v in (("npz", "hierarchy.npz"), ("contours", "contours.png")) if k in outputs},
+                      **({"classes": "classes.png"} if h.classes is not None else {})},
             "levels": levels}
 
 
@@ -129,6 +157,8 @@ def write_outputs(h: Hierarchy, out_dir: str | os.PathLike, *, info: dict[str, A
                                                                              compress_level=PNG_LEVEL)
     if "npz" in outputs:
         h.save_npz(out_dir / "hierarchy.npz")
+    if h.classes is not None:
+        write_class_png(out_dir / "classes.png", h.classes)
     record = hierarchy_record(h, info=info, outputs=outputs)
     if "json" in outputs:
         tmp = out_dir / ".hierarchy.json.tmp"
