@@ -44,17 +44,21 @@ class Hierarchy:
             segment ``i`` (``-1`` for level-0 ids absent from the map).
         image: optional ``H×W×3`` uint8 RGB image, used for pictures.
         meta: how the hierarchy was made (working size, superpixel method, …).
+        classes: optional ``H×W`` semantic class ids, when the model is a semantic
+            segmentation model (``segmenter_*``, ``spml_*``).
     """
 
     superpixels: np.ndarray
     parents: list[np.ndarray]
     image: np.ndarray | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    classes: np.ndarray | None = None  # H×W semantic class ids, from a semantic segmentation model
 
     def __repr__(self) -> str:
         h, w = self.shape
         segs = "/".join(str(self.num_segments(s)) for s in range(self.num_levels))
-        extra = ", with image" if self.image is not None else ""
+        extra = (", with image" if self.image is not None else "") + (", with classes" if self.classes is not None
+                                                                      else "")
         return f"Hierarchy({w}×{h} px, {self.num_levels} levels, segments per level {segs}{extra})"
 
     @property
@@ -192,6 +196,8 @@ class Hierarchy:
             arrays[f"parents_{s}"] = np.asarray(p, dtype=np.int32)
         if self.image is not None:
             arrays["image"] = np.asarray(self.image, dtype=np.uint8)
+        if self.classes is not None:
+            arrays["classes"] = np.asarray(self.classes, dtype=np.int32)
         (np.savez_compressed if compressed else np.savez)(path, **arrays)
 
     @classmethod
@@ -206,6 +212,7 @@ class Hierarchy:
             return cls(superpixels=z["superpixels"].astype(np.int64),
                        parents=[z[f"parents_{s}"].astype(np.int64) for s in range(n)],
                        image=z["image"] if "image" in z.files else None,
+                       classes=z["classes"].astype(np.int64) if "classes" in z.files else None,
                        meta=json.loads(str(z["meta"])))
 
     # ------------------------------------------------------------ building
