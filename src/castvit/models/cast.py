@@ -34,7 +34,7 @@ def _pair(v) -> tuple[int, int]:
 
 
 def check_inputs(images: torch.Tensor, superpixels: torch.Tensor, min_superpixels: int | None = None, *,
-                 any_label_size: bool = False) -> None:
+                 any_label_size: bool = False, max_tokens: int | None = None) -> None:
     """Raise ``ValueError`` with a fix for inputs the model cannot use.
 
     Args:
@@ -44,6 +44,10 @@ def check_inputs(images: torch.Tensor, superpixels: torch.Tensor, min_superpixel
             superpixels on the 8-px token grid (the first stage's cluster count).
         any_label_size: accept ``B×h×w`` label maps of any size (the segmentation
             models bring features to the labels' resolution).
+        max_tokens: the static-shape mode's token count. Shapes and dtypes are checked as
+            usual; the checks of values (finite images, labels in ``[0, max_tokens)``)
+            become ``torch._assert_async`` (no host sync: raised on CPU, a device-side
+            assert on CUDA), and the caller asserts ``min_superpixels`` on its tokens.
     """
     if not torch.is_tensor(images) or images.ndim != 4:
         shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
@@ -56,10 +60,37 @@ def check_inputs(images: torch.Tensor, superpixels: torch.Tensor, min_superpixel
                          f"resize or pad to {h + (-h) % PATCH}×{w + (-w) % PATCH}")
     if not images.is_floating_point():
         raise ValueError(f"images must be a float tensor (normalised RGB), got {images.dtype}")
+    _check_label_shape(images, superpixels, any_label_size)
+    if max_tokens is not None:
+        torch._assert_async(torch.isfinite(images).all(),
+                            "images contain NaN or inf values; check the loading and normalisation")
+        torch._assert_async(((superpixels >= 0) & (superpixels < max_tokens)).all(),
+                            f"superpixel labels must lie in [0, max_tokens={max_tokens}); relabel them to "
+                            f"0..K-1 (castvit.ops.relabel_contiguous) with K <= {max_tokens}, or raise max_tokens")
+        return
     # Any NaN or inf makes the sum non-finite; the sum costs a tenth of isfinite().all(),
     # which then only runs to rule out an overflowing sum of finite values.
     if not torch.isfinite(images.sum()) and not torch.isfinite(images).all():
         raise ValueError("images contain NaN or inf values; check the loading and normalisation")
+    if superpixels.min() < 0:
+        raise ValueError("superpixel labels must be >= 0, found negative ids; relabel them to 0..K-1 "
+                         "(castvit.ops.relabel_contiguous)")
+    if min_superpixels is not None:
+        b = images.shape[0]
+        grid = superpixels[:, ::PATCH, ::PATCH]
+        kept = (segment_count(grid.reshape(b, -1), int(grid.max()) + 1) > 0).sum(1)
+        bad = (kept < min_superpixels).nonzero().flatten().tolist()
+        if bad:
+            i = bad[0]
+            raise ValueError(
+                f"image {i} has {int(kept[i])} superpixels on the {PATCH}-px token grid, fewer than the "
+                f"{min_superpixels} clusters of the first stage; use at least {min_superpixels} superpixels "
+                f"that each cover an {PATCH}×{PATCH} cell's top-left pixel (e.g. more n_segments, or a model "
+                f"with fewer num_clusters)")
+
+
+def _check_label_shape(images: torch.Tensor, superpixels: torch.Tensor, any_label_size: bool) -> None:
+    b, _, h, w = images.shape
     if not torch.is_tensor(superpixels) or superpixels.ndim != 3:
         shape = tuple(superpixels.shape) if torch.is_tensor(superpixels) else type(superpixels).__name__
         raise ValueError(f"superpixels must be a B×H×W integer tensor, got {shape}")
@@ -72,20 +103,6 @@ def check_inputs(images: torch.Tensor, superpixels: torch.Tensor, min_superpixel
     if superpixels.is_floating_point() or superpixels.is_complex() or superpixels.dtype == torch.bool:
         raise ValueError(f"superpixel labels must be integers, got dtype {superpixels.dtype}; "
                          "pass label maps as int64 (labels.long())")
-    if superpixels.min() < 0:
-        raise ValueError("superpixel labels must be >= 0, found negative ids; relabel them to 0..K-1 "
-                         "(castvit.ops.relabel_contiguous)")
-    if min_superpixels is not None:
-        grid = superpixels[:, ::PATCH, ::PATCH]
-        kept = (segment_count(grid.reshape(b, -1), int(grid.max()) + 1) > 0).sum(1)
-        bad = (kept < min_superpixels).nonzero().flatten().tolist()
-        if bad:
-            i = bad[0]
-            raise ValueError(
-                f"image {i} has {int(kept[i])} superpixels on the {PATCH}-px token grid, fewer than the "
-                f"{min_superpixels} clusters of the first stage; use at least {min_superpixels} superpixels "
-                f"that each cover an {PATCH}×{PATCH} cell's top-left pixel (e.g. more n_segments, or a model "
-                f"with fewer num_clusters)")
 
 
 def superpixel_tokens(stem: ConvStem, feat: torch.Tensor, pe: torch.Tensor, labels: torch.Tensor,
@@ -152,6 +169,7 @@ class CAST(nn.Module):
         convention: str = "moco",
         task: str = "cls",
         mask_padded_tokens: bool = True,
+        max_tokens: int | None = None,
     ):
         super().__init__()
         if convention not in ("moco", "deit"):
@@ -172,6 +190,10 @@ class CAST(nn.Module):
         self.num_classes = num_classes
         self.convention, self.task = convention, task
         self.mask_padded_tokens = mask_padded_tokens
+        self.max_tokens = max_tokens
+        if max_tokens is not None and (not mask_padded_tokens or max_tokens < num_clusters[0]):
+            raise ValueError(f"max_tokens={max_tokens} needs mask_padded_tokens=True and at least num_clusters[0]="
+                             f"{num_clusters[0]} tokens")
         # MoCo segmentation models keep one Sequential per stage; the others keep one
         # `blocks` Sequential and slice it per stage (as the published weights do).
         self.shared_blocks = task == "cls" or convention == "deit"
@@ -266,8 +288,8 @@ class CAST(nn.Module):
     def tokenize(self, images: torch.Tensor, superpixels: torch.Tensor):
         """Superpixel tokens (SPEC §2.3).
 
-        Returns ``(tokens B×N×D, cls B×1×D, valid B×N bool)`` with N = max label in the
-        batch + 1; token i stands for superpixel id i.
+        Returns ``(tokens B×N×D, cls B×1×D, valid B×N bool)`` with N = ``max_tokens``
+        when set, else max label in the batch + 1; token i stands for superpixel id i.
         """
         feat = self.patch_embed.forward_unprojected(images)
         b, gh, gw, d = feat.shape
@@ -284,7 +306,8 @@ class CAST(nn.Module):
             # PyTorch 'nearest' picks the top-left pixel of each 8×8 cell.
             labels = superpixels[:, ::PATCH, ::PATCH][:, :gh, :gw]
             pe, cls_pe = self._grid_pos_embed((gh, gw))
-        tokens, valid = superpixel_tokens(self.patch_embed, feat.reshape(b, -1, d), pe, labels.reshape(b, -1))
+        tokens, valid = superpixel_tokens(self.patch_embed, feat.reshape(b, -1, d), pe, labels.reshape(b, -1),
+                                          self.max_tokens)
         cls = (self.cls_token + cls_pe).expand(b, -1, -1)
         return self.pos_drop(tokens), cls, valid
 
@@ -312,10 +335,15 @@ class CAST(nn.Module):
                   last_pool: bool) -> dict[str, torch.Tensor]:
         """:meth:`forward_features`; ``last_pool=False`` (classifiers only) skips the
         last graph pooling, whose output the head never reads (no ``*4`` pooling keys)."""
-        seg = self.task == "seg"
-        check_inputs(images, superpixels, None if seg else self.min_superpixels, any_label_size=seg)
+        seg, static = self.task == "seg", self.max_tokens is not None
+        check_inputs(images, superpixels, None if (seg or static) else self.min_superpixels, any_label_size=seg,
+                     max_tokens=self.max_tokens)
         x, cls, valid = self.tokenize(images, superpixels)
-        if self.task == "seg":
+        if static:
+            torch._assert_async((valid.sum(1) >= self.min_superpixels).all(),
+                                f"an image has fewer superpixels than the {self.min_superpixels} clusters of the "
+                                "first stage; use more superpixels")
+        elif seg:
             kept = valid.sum(1)
             if (kept < self.min_superpixels).any():
                 i = int((kept < self.min_superpixels).nonzero()[0])
@@ -323,8 +351,9 @@ class CAST(nn.Module):
                                  f"{self.min_superpixels} clusters of the first stage; use more superpixels")
         padding_mask = ~valid
         # Masks only when a token is padded: an all-True mask would cost time (masked
-        # attention kernels, a masked FPS) and change nothing.
-        any_padded = not bool(valid.all())
+        # attention kernels, a masked FPS) and change nothing. The static-shape mode
+        # always masks: asking whether a token is padded is a host sync.
+        any_padded = True if static else not bool(valid.all())
         stage_valid = valid if (self.mask_padded_tokens and any_padded) else None
         out: dict[str, torch.Tensor] = {}
         blocks, cls_after_pool, logits = [], [], []
@@ -376,3 +405,39 @@ class CAST(nn.Module):
         """Head output: ``B×num_classes`` (cls, seg_pretrain), ``B×N1×num_classes`` (MoCo
         seg) or ``B×(1+N1)×D`` encoder features (DeiT seg)."""
         return self.forward_head(self._features(images, superpixels, last_pool=self.task != "cls"))
+
+
+def compile_model(model: nn.Module, *, max_tokens: int | None = None, fullgraph: bool = True,
+                  **compile_kwargs) -> nn.Module:
+    """``torch.compile`` a castvit model as one graph (issue 12 §3).
+
+    Superpixel models (CAST, SuperpixelViT) are switched to the static-shape mode first:
+    ``max_tokens`` (default: the model's, else the stem grid's cell count, the most
+    superpixels the 8-px grid can hold) fixes the token count, padded tokens are masked,
+    and input checks on values become asynchronous asserts, so the forward has no host
+    sync and no data-dependent branch. Use the returned module for the forward (and
+    ``loss.backward()`` as usual); ``model`` itself is changed in place (its
+    ``max_tokens``) and shares parameters with the result. CPU speed-ups of
+    :mod:`castvit.models.fast_cpu` are turned off (Inductor makes its own kernels).
+
+    Label ids must lie in ``[0, max_tokens)``; an image with fewer superpixels than the
+    first stage's clusters trips the assert. Extra keyword arguments go to
+    ``torch.compile`` (``mode``, ``dynamic``, ``backend``…).
+    """
+    from castvit.models import fast_cpu
+
+    fast_cpu.disable(model)
+    if hasattr(model, "max_tokens"):
+        if max_tokens is None and model.max_tokens is None and getattr(model, "task", None) == "seg":
+            raise ValueError("segmentation models read labels at their own resolution: pass max_tokens, the "
+                             "superpixel count (e.g. H·W/256 for the segmentation preset)")
+        if max_tokens is None:
+            max_tokens = model.max_tokens or model.grid_size[0] * model.grid_size[1]
+        least = getattr(model, "min_superpixels", 1)
+        if max_tokens < least:
+            raise ValueError(f"max_tokens={max_tokens} is below the {least} clusters of the first stage")
+        model.max_tokens = int(max_tokens)
+    elif max_tokens is not None:
+        raise ValueError(f"{type(model).__name__} has no superpixel tokens; leave max_tokens unset")
+    compile_kwargs.setdefault("dynamic", False)
+    return torch.compile(model, fullgraph=fullgraph, **compile_kwargs)

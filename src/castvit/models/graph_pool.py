@@ -122,18 +122,37 @@ def compose_assignments(logits: list[torch.Tensor]) -> list[torch.Tensor]:
 class TokenBatchNorm(nn.Module):
     """BatchNorm1d over the channel dim of ``B×L×C`` tokens (attribute ``norm``, as in
     the published checkpoints). With a ``valid`` mask, statistics and outputs use the
-    valid tokens only."""
+    valid tokens only (padded rows come out zero), computed with masked sums so that
+    shapes stay static: the same result as ``norm(x[valid])``, running statistics
+    included, without a data-dependent shape."""
 
     def __init__(self, num_features: int):
         super().__init__()
         self.norm = nn.BatchNorm1d(num_features)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        bn = self.norm
         if valid is None:
-            return self.norm(x.transpose(1, 2)).transpose(1, 2)
-        out = torch.zeros_like(x)
-        out[valid] = self.norm(x[valid])
-        return out
+            return bn(x.transpose(1, 2)).transpose(1, 2)
+        w = valid.unsqueeze(-1).float()
+        xf = x.float()
+        if bn.training or bn.running_mean is None:
+            count = w.sum()
+            mean = (xf * w).sum((0, 1)) / count
+            var = ((xf - mean).square() * w).sum((0, 1)) / count
+            if bn.training and bn.running_mean is not None:
+                with torch.no_grad():
+                    bn.num_batches_tracked.add_(1)
+                    momentum = bn.momentum if bn.momentum is not None else 1.0 / bn.num_batches_tracked.float()
+                    unbiased = var * count / (count - 1).clamp_min(1)
+                    bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
+                    bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), momentum)
+        else:
+            mean, var = bn.running_mean.float(), bn.running_var.float()
+        y = (xf - mean) * (var + bn.eps).rsqrt()
+        if bn.affine:
+            y = y * bn.weight.float() + bn.bias.float()
+        return (y * w).to(x.dtype)
 
 
 class BlockFusion(nn.Module):

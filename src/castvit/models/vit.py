@@ -88,26 +88,31 @@ class SuperpixelViT(_ViTBase):
 
     def __init__(self, *, img_size: int | Sequence[int] = 224, embed_dim: int = 384, depth: int = 11,
                  num_heads: int = 12, num_classes: int = 1000, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, mask_padded_tokens: bool = True):
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, mask_padded_tokens: bool = True,
+                 max_tokens: int | None = None):
         super().__init__(img_size=img_size, patch_size=PATCH, embed_dim=embed_dim, depth=depth,
                          num_heads=num_heads, num_classes=num_classes, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
                          drop_rate=drop_rate, drop_path_rate=drop_path_rate)
         self.mask_padded_tokens = mask_padded_tokens
+        self.max_tokens = max_tokens  # static-shape mode: a fixed token count, always masked
+        if max_tokens is not None and not mask_padded_tokens:
+            raise ValueError("max_tokens needs mask_padded_tokens=True")
         self.pos_embed = nn.Parameter(sincos_pos_embed(*self.grid_size, embed_dim)[None], requires_grad=False)
         self.pe_token = nn.Parameter(torch.zeros(1, 1, embed_dim), requires_grad=False)
         self._finish_init()
 
     def forward_features(self, images: torch.Tensor, superpixels: torch.Tensor):
         """Returns ``{"out4": B×D, "tokens": B×N×D, "padding_mask": B×N}``."""
-        check_inputs(images, superpixels, 1)
+        static = self.max_tokens is not None
+        check_inputs(images, superpixels, None if static else 1, max_tokens=self.max_tokens)
         feat = self.patch_embed.forward_unprojected(images)
         b, gh, gw, d = feat.shape
         labels = superpixels[:, ::PATCH, ::PATCH][:, :gh, :gw].reshape(b, -1)
         pe = self.pos_embed[0] if (gh, gw) == self.grid_size else sincos_pos_embed(gh, gw, d).to(self.pos_embed)
-        x, valid = superpixel_tokens(self.patch_embed, feat.reshape(b, -1, d), pe, labels)
+        x, valid = superpixel_tokens(self.patch_embed, feat.reshape(b, -1, d), pe, labels, self.max_tokens)
         x = torch.cat([(self.cls_token + self.pe_token).expand(b, -1, -1), x], dim=1)
         mask = None
-        if self.mask_padded_tokens and not bool(valid.all()):
+        if self.mask_padded_tokens and (static or not bool(valid.all())):
             mask = key_padding_to_attn_mask(F.pad(valid, (1, 0), value=True))
         x = self.norm(run_blocks(self.blocks, self.pos_drop(x), mask))
         return {"out4": x[:, 0], "tokens": x[:, 1:], "padding_mask": ~valid}
