@@ -105,9 +105,13 @@ def test_static_mode_rejects_labels_beyond_max_tokens_and_too_few_superpixels():
         castvit.create_model("cast_small", max_tokens=8, **tiny_overrides("cast_small"))
 
 
+SLOW = pytest.mark.slow  # 20–40 s each on a busy 2-core machine: the key models run by default
+EXPLAINED = ["cast_small", "cast_small_seg"] + [pytest.param(n, marks=SLOW) for n in (
+    "cast_small_deit_seg", "cast_small_seg_pretrain", "vit_suppix_small", "vit_conv_small_patch16")]
+
+
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
-@pytest.mark.parametrize("name", ["cast_small", "cast_small_seg", "cast_small_deit_seg", "vit_suppix_small",
-                                  "vit_conv_small_patch16"])
+@pytest.mark.parametrize("name", EXPLAINED)
 def test_static_forward_is_one_graph_without_breaks(name, train):
     """``torch._dynamo.explain`` traces without compiling: any ``.item()``, ``.cpu()``,
     ``bool(tensor)`` or data-dependent branch would show as a graph break."""
