@@ -221,3 +221,44 @@ def test_voc_nn_command_end_to_end(voc_root, checkpoint, tmp_path, capsys):
     # a bad checkpoint is a clear error, not a traceback
     assert main(args[:4] + ["--checkpoint", str(tmp_path / "nope.pth")] + args[6:]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_embedding_model_from_train_container_without_record(tmp_path):
+    """castvit train's container names its model only in the recipe (castvit.config.model)."""
+    m = tiny_moco_checkpoint(tmp_path / "rec.pth.tar")
+    ck = torch.load(tmp_path / "rec.pth.tar")
+    del ck["castvit_model"]
+    kwargs = {k: v for k, v in TINY.items()}
+    ck["castvit"] = {"format": "castvit-train/1", "config": {"model": {"name": "cast_small_seg_pretrain",
+                                                                       "kwargs": kwargs}}}
+    torch.save(ck, tmp_path / "train.pth.tar")
+    model = build_embedding_model(tmp_path / "train.pth.tar")
+    assert model.num_clusters == TINY["num_clusters"] and model.embed_dim == 48
+    assert torch.equal(model.head.mlp[0].weight, m.head[0].weight)
+    untrained = build_embedding_model(tmp_path / "train.pth.tar", untrained=True)
+    assert not torch.equal(untrained.head.mlp[0].weight, m.head[0].weight)
+    assert untrained.head.mlp[0].weight.shape == m.head[0].weight.shape
+
+
+def test_published_name_gives_the_authors_retrieval_model(tmp_path, monkeypatch):
+    """cast_small_seg_pretrain.moco_coco_ep149 (a local stand-in in the cache, as the README
+    tests do) → cast_small_seg with 320/160/80/40 clusters and the projector as head."""
+    from castvit.models import hub
+
+    entry = hub.pretrained_entry("cast_small_seg_pretrain.moco_coco_ep149")
+    monkeypatch.setenv("CASTVIT_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("CASTVIT_HUB_URL", (tmp_path / "offline").as_uri())
+    torch.manual_seed(0)
+    src = castvit.create_model(entry.model)
+    sd = {f"module.base_encoder.{k}": v for k, v in src.state_dict().items() if not k.startswith("head.")}
+    sd["module.base_encoder.head.0.weight"] = torch.randn(16, 384)
+    sd["module.base_encoder.head.1.running_mean"] = torch.zeros(16)
+    sd["module.base_encoder.head.1.running_var"] = torch.ones(16)
+    sd["module.base_encoder.head.1.num_batches_tracked"] = torch.tensor(0)
+    (tmp_path / "cache").mkdir()
+    torch.save({"epoch": 150, "arch": "cast_small", "state_dict": sd}, tmp_path / "cache" / entry.filename)
+    model = build_embedding_model("cast_small_seg_pretrain.moco_coco_ep149")
+    assert model.castvit_name == "cast_small_seg" and model.num_clusters == [320, 160, 80, 40]
+    assert torch.equal(model.head.mlp[0].weight, sd["module.base_encoder.head.0.weight"])
+    assert torch.equal(model.block_fusion.state_dict()["proj_blocks.2.weight"],
+                       src.block_fusion.state_dict()["proj_blocks.2.weight"])

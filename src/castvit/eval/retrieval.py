@@ -114,6 +114,24 @@ def _retrieval_name(name: str) -> str:
                      "cast_small_seg_pretrain.moco_coco_ep149, or a '*_seg' model)")
 
 
+def _train_container_record(path: Path) -> dict[str, Any] | None:
+    """The model of a ``castvit train`` container from its recipe (``castvit.config.model``:
+    name and kwargs), for containers that carry no ``castvit_model`` record."""
+    from castvit.checkpoint import read_checkpoint
+    from castvit.models.registry import model_config
+
+    if path.suffix not in (".tar", ".pth", ".pt"):
+        return None
+    obj = read_checkpoint(path)
+    recipe = obj.get("castvit", {}).get("config") if isinstance(obj, dict) and isinstance(obj.get("castvit"), dict) \
+        else None
+    model = recipe.get("model") if isinstance(recipe, dict) else None
+    if not isinstance(model, dict) or not isinstance(model.get("name"), str):
+        return None
+    return {"name": model["name"], "config": model_config(model["name"], **dict(model.get("kwargs") or {})),
+            "pretrained_cfg": {}}
+
+
 def _load_source(source: str | os.PathLike) -> tuple[str, dict[str, Any], dict[str, Any], dict[str, torch.Tensor]]:
     """``(name, config, pretrained_cfg, encoder state dict)`` of a checkpoint file or a
     published ``model.tag``."""
@@ -133,7 +151,7 @@ def _load_source(source: str | os.PathLike) -> tuple[str, dict[str, Any], dict[s
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist; give a checkpoint file or a published "
                                     "name such as cast_small_seg_pretrain.moco_coco_ep149")
-        record = read_pretrained_config(path)
+        record = read_pretrained_config(path) or _train_container_record(path)
         if record is None:
             raise ValueError(f"{str(path)!r} does not say which model it holds; give the published name instead "
                              "(e.g. cast_small_seg_pretrain.moco_coco_ep149) or a checkpoint written by castvit")
