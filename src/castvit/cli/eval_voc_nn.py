@@ -26,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                           "last.pth.tar, or a castvit .safetensors)")
     parser.add_argument("--untrained", action="store_true",
                         help="same architecture and projector shape, random weights (the baseline)")
+    parser.add_argument("--head", choices=("projector", "none"), default="projector",
+                        help="embedding: the MoCo projector per token (default, the protocol) or the fused tokens")
     parser.add_argument("--seed", type=int, default=0, help="initialisation seed of --untrained (default 0)")
     parser.add_argument("--k", type=int, default=20, help="neighbours that vote (default 20)")
     parser.add_argument("--level", type=int, default=4, choices=range(5), metavar="{0..4}",
@@ -84,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     num_classes = len(names)
     try:
         clusters = [int(c) for c in args.num_clusters.split(",")] if args.num_clusters else None
-        model = build_embedding_model(source, num_clusters=clusters, untrained=args.untrained, seed=args.seed)
+        model = build_embedding_model(source, num_clusters=clusters, head=args.head, untrained=args.untrained,
+                                      seed=args.seed)
         train = voc_aug(root, args.train_split)
         val = voc_aug(root, args.val_split)
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
@@ -98,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     embedder = SegmentEmbedder(model, level=args.level, long_side=args.long_side or None, superpixels=sp,
                                device=device)
     bank_dir = Path(args.bank) if args.bank else out / "bank"
-    settings = {"source": str(source), "untrained": args.untrained, "seed": args.seed if args.untrained else None,
+    settings = {"source": str(source), "head": args.head, "untrained": args.untrained, "seed": args.seed if args.untrained else None,
                 "num_clusters": list(model.num_clusters), "train_split": args.train_split,
                 "max_train": args.max_train, **embedder.settings(), "num_classes": num_classes}
     t0 = time.time()
