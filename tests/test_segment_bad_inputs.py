@@ -332,3 +332,27 @@ def test_a_corrupt_checkpoint_is_one_line_with_exit_code_2(tmp_path, name, conte
     lines = [line for line in err.getvalue().splitlines() if line.strip()]
     assert len(lines) == 1 and name in lines[0] and "Traceback" not in err.getvalue()
     assert "weights_only" not in lines[0]
+
+
+def test_a_model_error_fails_its_batch_loudly_and_is_not_rerun_image_by_image(tmp_path, monkeypatch):
+    from castvit.inference import HierarchyPredictor
+
+    for i in range(3):
+        Image.fromarray(np.full((80, 80, 3), 40 * i, np.uint8)).save(tmp_path / f"img{i}.png")
+    calls = []
+
+    def broken(self, items):
+        calls.append(len(items))
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(HierarchyPredictor, "run_prepared", broken)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["segment", *(str(tmp_path / f"img{i}.png") for i in range(3)), "--out", str(tmp_path / "o"),
+                     "--batch-size", "4", "--no-viewer", *FAST])
+    assert code == 1
+    assert calls == [3], "the batch is not retried image by image"
+    index = json.loads((tmp_path / "o" / "index.json").read_text())
+    assert [r["status"] for r in index["images"]] == ["failed"] * 3
+    assert all("out of memory (simulated)" in r["error"] for r in index["images"])
+    assert "0 image(s) segmented, 3 failed" in err.getvalue()

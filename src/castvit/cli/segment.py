@@ -252,10 +252,16 @@ def prepare(job: Job, *, predictor, args) -> Job:
 
 def segment_jobs(jobs: list[Job], *, predictor) -> list:
     """Hierarchies for the prepared jobs, in one batched forward pass. Every input was
-    checked when it was prepared, so an error here is not an image's fault: it stops
-    the run (it is not retried image by image)."""
+    checked when it was prepared, so a failure here is the model's, not one image's: it
+    is not retried image by image; every image of the batch is marked failed with the
+    error (counted and listed) and the run goes on."""
     t0 = time.perf_counter()
-    hs = predictor.run_prepared([j.prepared for j in jobs])
+    try:
+        hs = predictor.run_prepared([j.prepared for j in jobs])
+    except Exception as exc:  # noqa: BLE001 — reported for every image of the batch, never swallowed
+        for j in jobs:
+            j.error = f"the model failed on this image's batch of {len(jobs)}: {type(exc).__name__}: {exc}"
+        return [None] * len(jobs)
     for j in jobs:
         j.seconds += (time.perf_counter() - t0) / len(jobs)
     return hs
@@ -421,6 +427,9 @@ def _process(jobs: list[Job], *, predictor, args, out_dir: Path, model_info: dic
                 if j.error is not None:
                     report(j)
             for j, h in zip(good, segment_jobs(good, predictor=predictor) if good else []):
+                if h is None:
+                    report(j)
+                    continue
                 info = {"name": j.name, "source": str(j.path.resolve()), "original_size": list(j.loaded.original_size),
                         "notes": j.notes, "model": model_info,
                         "superpixels": {"method": predictor.method, "n_segments": j.n_segments,
