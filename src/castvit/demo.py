@@ -15,7 +15,7 @@ laptop, with no download, on two families of scenes:
      colours and the same textures. Only shape and layout tell object from clutter.
 
    Train and test splits come from different seeds. Superpixels (SEEDS by default)
-   are computed once per image. Defaults per family: 5,000 training and 200 test
+   are computed once per image. Defaults per family: 4,000 training and 200 test
    scenes of 64×64 px, 4 classes, SEEDS with ``n_segments=50`` (about 36 superpixels).
 2. **Training**, per family, by image classification only, with the shared engine
    :mod:`castvit.train.supervised` (AdamW, lr 1e-3, warmup then cosine, 6 epochs, no
@@ -134,7 +134,7 @@ class DemoConfig:
     num_classes: int = 4
     clutter: float = 0.3
     object_scale: tuple[float, float] = (0.5, 0.8)
-    num_train: int = 5000
+    num_train: int = 4000
     num_test: int = 200
     superpixels: str = "seeds"
     n_segments: int = 50

@@ -90,7 +90,7 @@ def plot_example(predictions: dict[str, np.ndarray], index: int, num_clusters: l
             if lvl == 1:
                 pred = predictions.get(f"pred_label_{m}")
                 said = f" (says {class_names[int(pred[index])]})" if pred is not None else ""
-                title = f"{METHOD_LABELS[m].split(' (')[0]}{said}\n{title}"
+                title = f"{_short_label(m)}{said}\n{title}"
             ax.set_title(title, fontsize=8)
     for ax in axes.ravel():
         ax.set_xticks([])
@@ -100,6 +100,11 @@ def plot_example(predictions: dict[str, np.ndarray], index: int, num_clusters: l
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _short_label(method: str) -> str:
+    """A method's label without its parenthesis, keeping the two trained CASTs apart."""
+    return METHOD_LABELS.get(method, method).split(" (")[0] + (" (all levels)" if method == "trained_l4" else "")
 
 
 def plot_levels(family: dict[str, Any], clusters: list[int], path: Path) -> None:
@@ -116,8 +121,7 @@ def plot_levels(family: dict[str, Any], clusters: list[int], path: Path) -> None
             for m in (m for m in GROUPING if m in seg):
                 recs = [rec for rec in seg[m]["levels"] if rec["level"] > 0]
                 ax.plot([rec["level"] for rec in recs], [rec[g][key] for rec in recs], "o-",
-                        color=METHOD_COLOURS[m], label=METHOD_LABELS[m].split(" (")[0] + (" (all levels)" if
-                                                                                        m == "trained_l4" else ""))
+                        color=METHOD_COLOURS[m], label=_short_label(m))
             sp = seg["superpixels"]["levels"][0]
             ax.axhline(sp[g][key], ls="--", color=METHOD_COLOURS["superpixels"],
                        label=f"superpixels ({sp['num_segments']:.0f})")
@@ -143,8 +147,7 @@ def plot_training_curve(histories: dict[str, dict[str, list]], chance: float, pa
         epochs = [int(e) + 1 for e in history.get("epoch", [])]
         if not epochs:
             continue
-        colour, label = METHOD_COLOURS.get(name, None), METHOD_LABELS.get(name, name).split(" (")[0]
-        label += " (all levels)" if name == "trained_l4" else ""
+        colour, label = METHOD_COLOURS.get(name, None), _short_label(name)
         ax_loss.plot(epochs, history["train_loss"], "o-", color=colour, label=f"{label}: train", ms=3)
         ax_acc.plot(epochs, history["train_acc"], "o-", color=colour, label=f"{label}: train", ms=3)
         pts = [(e, v) for e, v in zip(epochs, history.get("val_acc", [])) if v is not None]
