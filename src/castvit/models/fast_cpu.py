@@ -22,9 +22,14 @@ The tricks, each taken only where it applies (otherwise the plain forward runs):
   ``bernoulli_`` behind ``F.dropout`` (1.6× cheaper; same distribution).
 * **BN folding at eval**: the conv stem's BatchNorms folded into their convolutions in
   eval mode (one pass over the activations instead of three).
-* **chunked bf16 attention**: bf16 CPU attention as two oneDNN bf16 batched matmuls and
-  a softmax over L2-sized chunks of heads (0.73–0.8× the time of the CPU flash kernel
-  at head dim 32).
+* **chunked bf16 attention** (with autograd only): bf16 CPU attention as two oneDNN
+  bf16 batched matmuls and a softmax over L2-sized chunks of heads, whose backward beats
+  the CPU flash kernel's at head dim 32; inference keeps the flash kernel, faster there.
+
+Measured (cast_small, batch 8, 224 px, 1 thread, thread CPU clock, busy 2-core machine;
+bench/RESULTS.md "Plain models, fast_cpu opt-in and torch.compile"): enabled over plain,
+fp32 forward 1.09×, fp32 train step 1.00×; enabled over the code before this split
+(the tricks always on), 0.99–1.02×.
 
 Use it for CPU inference and CPU training in eager mode. Leave it off under
 ``torch.compile`` (Inductor makes the same choices itself, and the private op is not
@@ -144,7 +149,11 @@ class FastMlp(Mlp):
 
 class FastAttention(Attention):
     def attend(self, q, k, v, attn_mask):
-        if q.dtype == torch.bfloat16 and q.device.type == "cpu" and not (self.training and self.attn_drop > 0):
+        # Only with autograd: for inference the CPU flash kernel of torch 2.13 is now the
+        # faster one (cast_small bf16 forward 0.93x with the chunked path), while its
+        # backward stays slow (bf16 train step ~1.2x with the chunked path).
+        if (q.dtype == torch.bfloat16 and q.device.type == "cpu" and torch.is_grad_enabled()
+                and not (self.training and self.attn_drop > 0)):
             return bf16_cpu_attention(q, k, v, attn_mask)
         return super().attend(q, k, v, attn_mask)
 
