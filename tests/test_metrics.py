@@ -115,23 +115,77 @@ def test_boundary_prf_of_a_single_segment_prediction_has_zero_recall():
 def test_boundary_prf_matches_one_to_one_so_a_doubled_contour_halves_precision():
     gt = vertical_split(100, 100, 50)  # boundary in column 49
     doubled = np.zeros((100, 100), dtype=bool)
-    doubled[:, 49:51] = True
-    result = boundary_prf(doubled, gt, tolerance=0.02)
+    doubled[:, [47, 51]] = True  # two contours, each 2 px from the true one
+    result = boundary_prf(doubled, gt, tolerance=0.02)  # 2.83 px
     assert result["recall"] == 1.0
     assert result["precision"] == 0.5
 
 
+def test_boundary_prf_thins_a_thick_predicted_boundary_as_the_benchmark_does():
+    gt = vertical_split(100, 100, 50)
+    thick = np.zeros((100, 100), dtype=bool)
+    thick[:, 48:51] = True  # a 3-px band thins to one line
+    result = boundary_prf(thick, gt, tolerance=0.02)
+    assert result["precision"] == 1.0
+    assert result["num_pred"] < 110
+
+
+def test_boundary_prf_draws_label_boundaries_by_the_bsds_rule():
+    from castvit.eval.bsds import seg2bdry, thin
+
+    gt = quadrants(40)
+    result = boundary_prf(gt, gt)
+    assert result["num_gt"] == result["num_pred"] == int(thin(seg2bdry(gt)).sum())
+
+
 def test_boundary_prf_matching_has_maximum_cardinality():
+    from castvit.eval.bsds import thin
+
     rng = np.random.default_rng(0)
     pred = rng.random((12, 12)) < 0.3
     gt = rng.random((12, 12)) < 0.3
     tolerance = 1.5 / np.hypot(12, 12)
     result = boundary_prf(pred, gt, tolerance=tolerance)
 
-    p, g = np.argwhere(pred), np.argwhere(gt)
+    p, g = np.argwhere(thin(pred)), np.argwhere(gt)  # predictions are thinned, GT maps used as given
     too_far = np.linalg.norm(p[:, None] - g[None], axis=-1) > 1.5 + 1e-9
     rows, cols = linear_sum_assignment(too_far.astype(float))
     assert result["matched_gt"] == result["matched_pred"] == int((~too_far[rows, cols]).sum())
+
+
+def _least_cost_max_matching(p: np.ndarray, g: np.ndarray, radius: float) -> tuple[int, float]:
+    """Cardinality and total cost (rounded distance × 100) of the benchmark's matching,
+    by a dense assignment: every pixel may stay unmatched at the outlier cost."""
+    dist = np.linalg.norm(p[:, None].astype(float) - g[None], axis=-1)
+    outlier = np.ceil(100 * radius * 100)
+    n1, n2 = len(p), len(g)
+    near = dist <= radius
+    big = np.full((n1 + n2, n1 + n2), np.inf)
+    big[:n1, :n2] = np.where(near, np.rint(dist * 100), np.inf)
+    big[:n1, n2:] = np.where(np.eye(n1, dtype=bool), outlier, np.inf)
+    big[n1:, :n2] = np.where(np.eye(n2, dtype=bool), outlier, np.inf)
+    big[n1:, n2:] = np.where(near.T, outlier, np.inf)
+    rows, cols = linear_sum_assignment(np.where(np.isinf(big), 1e12, big))
+    real = (rows < n1) & (cols < n2)
+    return int(real.sum()), float(big[rows[real], cols[real]].sum())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_boundary_matching_is_maximum_and_least_cost(seed):
+    from castvit.eval.bsds import match_boundaries
+
+    rng = np.random.default_rng(seed)
+    pred = rng.random((14, 14)) < 0.3
+    gt = rng.random((14, 14)) < 0.3
+    radius = 1.5
+    matched_pred, matched_gt = match_boundaries(pred, gt, radius)
+    p, g = np.argwhere(pred), np.argwhere(gt)
+    count, cost = _least_cost_max_matching(p, g, radius)
+    assert matched_pred.sum() == matched_gt.sum() == count
+    # the matched pixels pair up within the radius at the least total cost
+    sub = np.linalg.norm(p[matched_pred][:, None].astype(float) - g[matched_gt][None], axis=-1)
+    rows, cols = linear_sum_assignment(np.where(sub <= radius, np.rint(sub * 100), 1e9))
+    assert np.rint(sub[rows, cols] * 100).sum() == cost
 
 
 def test_boundary_prf_accepts_a_boolean_boundary_map_as_prediction():

@@ -170,6 +170,15 @@ class Hierarchy:
             out[label_boundaries(lab)] = s
         return out
 
+    def to_ucm(self) -> np.ndarray:
+        """BSDS-style double-size UCM, ``(2H+1)×(2W+1)`` float64 in [0, 1]: each boundary
+        holds the level at which it disappears over ``num_levels`` (1 for the top
+        level's). Cut it back with ``castvit.ucm.ucm_to_levels(ucm,
+        castvit.ucm.level_thresholds(h.num_levels))``; see :mod:`castvit.ucm`."""
+        from castvit.ucm import levels_to_ucm
+
+        return levels_to_ucm(self.label_maps())
+
     def segment_colors(self, level: int) -> dict[int, tuple[int, int, int]]:
         """Mean RGB colour of each segment at ``level`` (needs ``image``)."""
         if self.image is None:

@@ -1,7 +1,8 @@
 """Segmentation and hierarchy metrics.
 
-* Boundaries: :func:`boundary_map`, BSDS-style :func:`boundary_prf` with one-to-one
-  matching within a distance tolerance, and :func:`ods_ois` over hierarchy levels.
+* Boundaries: :func:`boundary_map`, :func:`boundary_prf` by the BSDS500 benchmark's
+  rule (``seg2bdry`` boundaries, thinning, one-to-one matching within a distance
+  tolerance; :mod:`castvit.eval.bsds`), and :func:`ods_ois` over hierarchy levels.
 * Regions: :func:`segmentation_covering`, :func:`variation_of_information`,
   :func:`probabilistic_rand_index`, :func:`majority_label_miou`.
 * Hierarchies: :func:`is_nested`, :func:`hierarchy_consistency`, and
@@ -15,7 +16,7 @@ annotators (as in BSDS), pass a list of maps or a ``K×H×W`` stack.
 
 Every region metric is read off one contingency table (pixel counts per pair of
 labels), kept sparse, so a 224×224 pair with hundreds of labels costs about a
-millisecond. This module depends on numpy and scipy only.
+millisecond. This module depends on numpy and scipy (and scikit-image for thinning).
 """
 
 from __future__ import annotations
@@ -28,9 +29,7 @@ from typing import Any, Union
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import maximum_bipartite_matching
-
+from castvit.eval.bsds import MAX_DIST, match_boundaries, seg2bdry, thin
 from castvit.ops import label_boundaries
 
 __all__ = [
@@ -50,7 +49,7 @@ __all__ = [
     "evaluate_hierarchy",
 ]
 
-BSDS_TOLERANCE = 0.0075
+BSDS_TOLERANCE = MAX_DIST
 """Boundary match distance as a fraction of the image diagonal (BSDS500 benchmark)."""
 
 COUNT_KEYS = ("matched_pred", "num_pred", "matched_gt", "num_gt")
@@ -248,11 +247,13 @@ def _majority_miou(t: _Table, ignore_index: int | None) -> dict[str, Any]:
 
 
 def boundary_map(labels: ArrayLike) -> np.ndarray:
-    """Thin, one-sided boundaries of a label map.
+    """Thin, one-sided boundaries of a label map (for pictures and quick checks).
 
     A pixel is a boundary pixel when its right or its lower 4-neighbour carries a
     different label, so each label change marks exactly one side of the edge (the
-    left/upper one). The image border is not a boundary.
+    left/upper one). The image border is not a boundary. :func:`boundary_prf` scores
+    the BSDS benchmark's boundaries instead (:func:`castvit.eval.bsds.seg2bdry`,
+    then thinning), which add the corner pixel where two edges meet diagonally.
 
     Args:
         labels: ``H×W`` integer label map.
@@ -263,44 +264,27 @@ def boundary_map(labels: ArrayLike) -> np.ndarray:
     return label_boundaries(_as_label_map(labels, "labels"))
 
 
-def _as_boundary(x: np.ndarray) -> np.ndarray:
-    return x if x.dtype == bool else boundary_map(x)
+def _pred_boundary(x: np.ndarray) -> np.ndarray:
+    """A prediction's boundaries as the benchmark scores them: ``thin(seg2bdry(labels))``,
+    or a bool map thinned."""
+    return thin(x if x.dtype == bool else seg2bdry(x))
 
 
-def _disk_offsets(radius: float) -> np.ndarray:
-    """``M×2`` (dy, dx) integer offsets with ``dy² + dx² <= radius²``."""
-    r = int(math.floor(radius))
-    dy, dx = np.mgrid[-r : r + 1, -r : r + 1]
-    inside = dy**2 + dx**2 <= radius**2 + 1e-9
-    return np.stack([dy[inside], dx[inside]], axis=1)
+def _gt_boundary(x: np.ndarray) -> np.ndarray:
+    """A ground truth's boundaries: ``thin(seg2bdry(labels))`` (BSDS's ``Boundaries``),
+    or a bool map used as it is."""
+    return x if x.dtype == bool else thin(seg2bdry(x))
 
 
 def _match_boundaries(pred: np.ndarray, gt: np.ndarray, max_dist: float) -> tuple[np.ndarray, int]:
-    """One-to-one matching of boundary pixels no farther apart than ``max_dist``.
+    """One-to-one matching of boundary pixels no farther apart than ``max_dist`` px
+    (least-cost maximum matching, :func:`castvit.eval.bsds.correspond_pixels`).
 
     Returns a bool vector over the predicted boundary pixels (in ``np.nonzero``
     order) saying which were matched, and the number of matched GT pixels.
     """
-    py, px = np.nonzero(pred)
-    gy, gx = np.nonzero(gt)
-    if len(py) == 0 or len(gy) == 0:
-        return np.zeros(len(py), dtype=bool), 0
-    r = int(math.floor(max_dist))
-    h, w = gt.shape
-    gt_index = np.full((h + 2 * r, w + 2 * r), -1, dtype=np.int64)  # -1 margin: no bounds checks
-    gt_index[gy + r, gx + r] = np.arange(len(gy))
-    rows, cols = [], []
-    pred_ids = np.arange(len(py))
-    for dy, dx in _disk_offsets(max_dist):
-        g = gt_index[py + r + dy, px + r + dx]
-        hit = g >= 0
-        rows.append(pred_ids[hit])
-        cols.append(g[hit])
-    rows_, cols_ = np.concatenate(rows), np.concatenate(cols)
-    graph = csr_matrix((np.ones(len(rows_), dtype=np.int8), (rows_, cols_)), shape=(len(py), len(gy)))
-    partner = maximum_bipartite_matching(graph, perm_type="column")
-    matched = partner >= 0
-    return matched, int(matched.sum())
+    matched_pred, matched_gt = match_boundaries(pred, gt, max_dist)
+    return matched_pred, int(matched_gt.sum())
 
 
 def _boundary_counts(pred_b: np.ndarray, gt_bs: list[np.ndarray], max_dist: float) -> dict[str, int]:
@@ -359,24 +343,28 @@ def boundary_prf(
     *,
     tolerance: float = BSDS_TOLERANCE,
 ) -> dict[str, float | int]:
-    """BSDS-style boundary precision / recall / F-measure of one image.
+    """Boundary precision / recall / F-measure of one image, by the BSDS500 rule.
 
-    Predicted and ground-truth boundary pixels are matched one-to-one (maximum
-    bipartite matching, Hopcroft–Karp) over the pairs whose Euclidean distance is at
-    most ``tolerance × image diagonal``. So a doubled predicted contour next to a
-    single true one earns precision 1/2, not 1. With several annotations a predicted
-    pixel counts as correct if it matches in any of them and recall pools all
-    annotations' boundary pixels, as in the BSDS benchmark. Unlike BSDS, boundaries
-    are not thinned and GT boundaries are not drawn at double resolution.
+    As the benchmark (:mod:`castvit.eval.bsds`) scores one threshold: a label map's
+    boundaries are BSDS's ``seg2bdry`` (label changes between 4-neighbours, drawn on
+    the double-resolution grid and read back at pixel resolution), thinned to one
+    pixel; predicted and ground-truth pixels are matched one-to-one (least-cost
+    maximum matching) over the pairs at most ``tolerance × image diagonal`` apart
+    (Euclidean). So a doubled predicted contour next to a single true one earns
+    precision 1/2, not 1. With several annotations a predicted pixel counts as
+    correct if it matches in any of them and recall pools all annotations' boundary
+    pixels. On a BSDS image and one segmentation this gives the benchmark's counts.
 
     Args:
         pred_labels_or_boundary: ``H×W`` integer label map, or a bool boundary map
-            used as is. Mind the dtype: a *bool* map is read as boundaries, so pass a
-            foreground mask as ``mask.astype(int)``.
-        gt: ``H×W`` map (label map or bool boundary map, by the same rule), or a list
-            / ``K×H×W`` stack of them for several annotators.
+            (thinned, like a thresholded boundary map in the benchmark). Mind the
+            dtype: a *bool* map is read as boundaries, so pass a foreground mask as
+            ``mask.astype(int)``.
+        gt: ``H×W`` label map (boundaries ``thin(seg2bdry(gt))``, which are BSDS's
+            ``Boundaries``) or bool boundary map used as it is, or a list /
+            ``K×H×W`` stack of them for several annotators.
         tolerance: maximum match distance as a fraction of the image diagonal;
-            0.0075 (BSDS) is about 2.4 px at 224×224.
+            0.0075 (BSDS) is about 2.4 px at 224×224 and 4.3 px at 481×321.
 
     Returns:
         ``{"precision", "recall", "f", "matched_pred", "num_pred", "matched_gt",
@@ -388,7 +376,7 @@ def boundary_prf(
     gts = _as_label_maps(gt, "gt")
     _check_same_shape(pred, gts[0], "pred_labels_or_boundary", "gt")
     max_dist = tolerance * math.hypot(*pred.shape)
-    counts = _boundary_counts(_as_boundary(pred), [_as_boundary(g) for g in gts], max_dist)
+    counts = _boundary_counts(_pred_boundary(pred), [_gt_boundary(g) for g in gts], max_dist)
     return prf_from_counts(counts)
 
 
@@ -588,7 +576,8 @@ def evaluate_hierarchy(
         gt_object: ``H×W`` object-level ground truth (foreground/background,
             instance or class map).
         gt_parts: optional ``H×W`` part-level ground truth.
-        tolerance: boundary match distance as a fraction of the image diagonal.
+        tolerance: boundary match distance as a fraction of the image diagonal;
+            boundaries are scored by the BSDS rule of :func:`boundary_prf`.
         ignore_index: GT label left out of the majority-label mIoU (only there).
 
     Returns:
@@ -620,13 +609,13 @@ def evaluate_hierarchy(
     max_dist = tolerance * math.hypot(*maps[0].shape)
 
     ids = [_dense_ids(m) for m in maps]
-    edges = [boundary_map(m) for m in maps]
+    edges = [thin(seg2bdry(m)) for m in maps]  # levels and GT are label maps here, even bool ones
     per_level: list[dict[str, Any]] = [
         {"level": i, "num_segments": len(labels)} for i, (_, labels) in enumerate(ids)
     ]
     summary: dict[str, dict[str, Any]] = {}
     for name, g in gts.items():
-        g_ids, g_edges = _dense_ids(g), boundary_map(g)
+        g_ids, g_edges = _dense_ids(g), thin(seg2bdry(g))
         for i in range(len(maps)):
             t = _table(ids[i], g_ids)
             per_level[i][name] = {
