@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import _common as C
 import castvit
 from castvit import ops
-from castvit.models import cast, fps, graph_pool, layers, vit
+from castvit.models import cast, fast_cpu, fps, graph_pool, layers, vit
 
 # ----------------------------------------------------------------------------- the replaced code
 
@@ -64,7 +64,7 @@ def unfused_conv_bn_relu(conv, bn, x):
 def nchw_forward_unprojected(self, x):
     """Before: NCHW activations; the B×h×w×D permute is a strided view (copied later)."""
     for i in range(0, 12, 3):
-        x = layers.conv_bn_relu(self.proj[i], self.proj[i + 1], x)
+        x = fast_cpu._conv_bn_relu(self.proj[i], self.proj[i + 1], x)
     return x.permute(0, 2, 3, 1)
 
 
@@ -116,11 +116,11 @@ def all_levels_forward(self, images, superpixels):
 # (name, what it does now, [(module or class, attribute, replaced code)])
 OPTIMISATIONS: list[tuple[str, str, list[tuple[Any, str, Any]]]] = [
     ("onednn_linear", "fp32 no-grad linears on oneDNN (GELU fused) instead of MKL sgemm",
-     [(layers, "ONEDNN_LINEAR", False)]),
+     [(fast_cpu, "ONEDNN_LINEAR", False)]),
     ("channels_last_stem", "conv stem in channels-last memory format",
-     [(layers.ConvStem, "forward_unprojected", nchw_forward_unprojected)]),
+     [(fast_cpu.FastConvStem, "forward_unprojected", nchw_forward_unprojected)]),
     ("bn_folded_in_eval", "eval-mode BatchNorm folded into the conv weights",
-     [(layers, "conv_bn_relu", unfused_conv_bn_relu)]),
+     [(fast_cpu, "_conv_bn_relu", unfused_conv_bn_relu)]),
     ("project_after_mean", "stem's 1×1 projection applied to the superpixel means",
      [(cast, "superpixel_tokens", project_every_cell_tokens),
       (vit, "superpixel_tokens", project_every_cell_tokens)]),
@@ -133,11 +133,11 @@ OPTIMISATIONS: list[tuple[str, str, list[tuple[Any, str, Any]]]] = [
     ("no_all_true_masks", "no padding mask when no token is padded",
      [(graph_pool.GraphPool, "forward", always_masked_pool_forward)]),
     ("rand_mask_dropout", "CPU dropout masks from rand_like instead of bernoulli_ (train only)",
-     [(layers.Dropout, "forward", torch.nn.Dropout.forward)]),
+     [(fast_cpu.FastDropout, "forward", torch.nn.Dropout.forward)]),
     ("skip_unread_last_pool", "classifier forward() skips the last pooling, which its head never reads",
      [(cast.CAST, "forward", all_levels_forward)]),
     ("bf16_explicit_attention", "bf16 attention by oneDNN batched matmuls instead of flash SDPA",
-     [(layers.Attention, "forward", sdpa_attention_forward)]),
+     [(fast_cpu.FastAttention, "forward", sdpa_attention_forward)]),
 ]
 
 
@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     clock: Callable[[], float] = time.thread_time if args.threads == 1 else time.perf_counter
     machine = C.machine_info("cpu")
     images, superpixels, info = C.model_inputs(args.batch, args.img_size)
-    model = castvit.create_model(args.model).train(args.mode == "train")
+    # the optimisations ablated here are castvit's opt-in CPU path (castvit.models.fast_cpu)
+    model = fast_cpu.enable(castvit.create_model(args.model)).train(args.mode == "train")
     if hasattr(model, "pools"):
         model.pools()[0]._first_stage = True
     dtype = torch.bfloat16 if args.dtype == "bf16" else None

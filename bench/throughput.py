@@ -26,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import _common as C
 import castvit
-from castvit.models import graph_pool, layers
+from castvit.models import fast_cpu, graph_pool, layers
 
 MODELS = ["cast_small", "cast_base", "vit_conv_small_patch16", "vit_conv_small_patch8"]
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
@@ -104,7 +104,7 @@ def count_flops(name: str, images: torch.Tensor, superpixels: torch.Tensor, trai
 def _flops(model, x, y, train: bool) -> int:
     model.train(train)
     # The flop counter does not see the oneDNN linear kernel of no-grad CPU inference.
-    with FlopCounterMode(display=False) as counter, _reverted(layers, "ONEDNN_LINEAR", False):
+    with FlopCounterMode(display=False) as counter, _reverted(fast_cpu, "ONEDNN_LINEAR", False):
         if train:
             model(x, y).sum().backward()
         else:
@@ -248,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated registered names")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    p.add_argument("--fast-cpu", action=argparse.BooleanOptionalAction, default=True,
+                   help="time models with castvit.models.fast_cpu enabled (default; --no-fast-cpu: plain PyTorch)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads); 0 = all cores")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--img-size", type=int, default=224)
@@ -284,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models.split(","):
         torch.manual_seed(0)
         model = castvit.create_model(name).to(device)
+        if args.fast_cpu:
+            fast_cpu.enable(model)
         is_cast = name.startswith("cast")
         for mode in modes:
             flops, counted_on = count_flops(name, images, superpixels, train=(mode == "train"))
@@ -351,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {"benchmark": "throughput", "command": " ".join([sys.executable.split('/')[-1]] + sys.argv),
                "machine": machine, "inputs": {"batch": args.batch, "img_size": args.img_size,
                                               "seeds_n_segments": args.superpixels, **input_info},
-               "settings": {"rounds": args.rounds, "warmup": args.warmup, "statistic": "best of rounds",
+               "settings": {"fast_cpu": args.fast_cpu, "rounds": args.rounds, "warmup": args.warmup, "statistic": "best of rounds",
                             "clock": "thread CPU time" if args.thread_clock else "wall",
                             "bf16_rel_tol": BF16_REL_TOL, "bf16_min_cosine": BF16_MIN_COSINE},
                "rows": rows, "per_model": extras, "targets": targets}
