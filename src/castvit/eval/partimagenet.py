@@ -20,7 +20,7 @@ Per image (:func:`evaluate_partimagenet`):
    P = 40), else it is named among that supercategory's parts; painted the same way.
 4. **Score**: multiclass Jaccard per image — the mean IoU over the classes present in
    the ground truth or the prediction of that image (classes absent from both are left
-   out, as torchmetrics' macro ``MulticlassJaccardIndex`` does) — averaged over images,
+   out, as the macro ``MulticlassJaccardIndex`` of torchmetrics 1.x does) — averaged over images,
    for the coarse (12-class) and the fine (41-class) maps.
 
 An image that raises stops the run with its path; with ``skip_errors=True`` it is
