@@ -40,7 +40,7 @@ def segs(tmp_path_factory):
     out = tmp_path_factory.mktemp("viewer-out")
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-        code = main(["segment", str(src), "--out", str(out), *FAST])
+        code = main(["segment", str(src), "--out", str(out), "--outputs", "all", *FAST])
     assert code == 0, buf.getvalue()
     return out
 
