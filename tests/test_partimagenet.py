@@ -416,3 +416,52 @@ def test_command_without_transformers_says_what_to_install(tmp_path, monkeypatch
     assert pin.image_jaccard(np.zeros((2, 2), int), np.zeros((2, 2), int), 3) == 1.0
     assert castvit.create_model("cast_small", **dict(img_size=64, embed_dim=48, depth=[1, 1, 1, 1], num_heads=4,
                                                       num_clusters=[16, 8, 4, 2])) is not None
+
+
+def test_mask_folder_sam_style_with_oracle_labeller(tmp_path):
+    """Precomputed masks (the SAM interface) named by an oracle give Jaccard 1; a wrong
+    mask size or a missing file is an error naming the file."""
+    from castvit.eval.partimagenet import MaskFolder
+
+    root = tmp_path / "pin"
+    write_partimagenet_layout(root, num_images=2, scene=SCENE)
+    ds = PartImageNet(root)
+    masks_dir = tmp_path / "masks"
+    masks_dir.mkdir()
+    for i in range(len(ds)):
+        item = ds[i]
+        obj = np.stack([item["coarse"] != 3, np.ones((64, 64), bool)])  # object, and the whole image
+        parts = np.stack([item["fine"] == f for f in np.unique(item["fine"]) if f != 9])
+        stem = ds.image_path(i).stem
+        np.savez(masks_dir / f"{stem}.npz", object=obj, part=parts)
+
+    class Oracle:
+        def __init__(self):
+            self.item = None
+
+        def label(self, image, masks, names):
+            out = []
+            for m in masks:
+                if names[-1] == "Background":
+                    # the whole-image mask is painted first (largest) and named background
+                    out.append(len(names) - 1 if m.all() else int(self.item["coarse"][m][0]))
+                else:
+                    want = ds.vocab.part_names[int(self.item["fine"][m][0])]
+                    out.append(names.index(want))
+            return out
+
+    oracle = Oracle()
+    folder = MaskFolder(masks_dir)
+
+    def source(view, item):
+        oracle.item = item
+        return folder(view, item)
+
+    res = evaluate_partimagenet(ds, source, oracle, size=64)
+    assert res["count"] == 2 and res["object_miou"] == 1.0 and res["part_miou"] == 1.0
+    np.savez(masks_dir / f"{ds.image_path(0).stem}.npz", masks=np.ones((1, 32, 32), bool))
+    with pytest.raises(ImageFailed, match="does not match"):
+        evaluate_partimagenet(ds, source, oracle, size=64)
+    (masks_dir / f"{ds.image_path(0).stem}.npz").unlink()
+    with pytest.raises(ImageFailed, match="no masks"):
+        evaluate_partimagenet(ds, source, oracle, size=64)
