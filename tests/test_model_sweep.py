@@ -48,9 +48,11 @@ def structurally_zero(model) -> set[str]:
     segmentation models the last pooling's centroid block only shapes ``logit4`` and the
     pooled tokens, and block fusion reads neither (only its cls update, which fc2 computes
     row by row from the cls alone). DDP accepts them: their gradient is defined (zero)."""
-    if getattr(model, "task", "cls") == "cls":
+    encoder = getattr(model, "encoder", model)  # a semantic model's encoder is a seg CAST
+    prefix = "encoder." if encoder is not model else ""
+    if getattr(encoder, "task", "cls") == "cls":
         return set()
-    return {n for n, _ in model.named_parameters() if n.startswith("pool4.pool_block.centroid_fc.")}
+    return {n for n, _ in model.named_parameters() if n.startswith(prefix + "pool4.pool_block.centroid_fc.")}
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -19,6 +19,13 @@ SMALL = dict(img_size=64, embed_dim=48, num_heads=4, num_classes=5)
 def tiny_overrides(name: str) -> dict:
     if name.startswith("vit"):
         return dict(SMALL, depth=2)
+    if name.startswith(("segmenter_", "spml_")):  # semantic models: a tiny encoder, a class count
+        enc = {k: v for k, v in SMALL.items() if k != "num_classes"}
+        kw = dict(num_classes=SMALL["num_classes"], encoder_kwargs=dict(enc, depth=[1, 1, 1, 1],
+                                                                          num_clusters=[16, 8, 4, 2]))
+        if name.startswith("segmenter_"):
+            kw["decoder_kwargs"] = {"dropout": 0.0}  # its attention dropout is not an nn.Dropout module
+        return kw
     return dict(SMALL, depth=[1, 1, 1, 1], num_clusters=[16, 8, 4, 2])
 
 
@@ -87,7 +94,9 @@ def test_forward_backward_and_state_dict_round_trip(name):
     sp = grid_superpixels(2, 64, 64)
     out = model(images, sp)
     task = getattr(model, "task", "cls")
-    if task == "seg" and model.convention == "deit":
+    if name.startswith(("segmenter_", "spml_")):
+        assert out.shape == (2, 5, 64, 64)  # class logits at the image's resolution
+    elif task == "seg" and model.convention == "deit":
         assert out.shape == (2, 1 + 64, 48)
     elif task == "seg":
         assert out.shape == (2, 64, 5)
