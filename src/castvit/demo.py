@@ -118,7 +118,7 @@ class DemoConfig:
             machine two threads made an epoch about a third faster (18 s vs 27 s), but
             when other processes compete for the cores, threads waiting on each other
             slowed runs many times over (one epoch took 207 s instead of 18 s); one
-            thread keeps the default run under 10 minutes on a busy machine. Use
+            thread degrades least on a busy machine. Use
             ``--threads 2`` (or more) on an idle one. Results depend slightly on it.
         tolerance_px: boundary match distance in pixels, for the BSDS boundary rule of
             :func:`castvit.eval.boundary_prf` (BSDS's own 0.0075 × diagonal is 0.68 px
