@@ -10,11 +10,18 @@ Batch contract (every loader in castvit): a dict with
   any other item key passes through (stacked when it is a tensor of one shape,
   else a list).
 
-Determinism: :class:`EpochSampler` hands ``(index, epoch)`` pairs to
-:class:`ViewDataset`, which seeds each sample's augmentation from
-``(seed, epoch, index)``. A sample's views therefore do not depend on the worker that
-makes them, on the number of workers or on the number of processes, and a run resumed
-in the middle of an epoch sees exactly the batches it would have seen.
+Determinism: :class:`EpochSampler` hands ``(index, epoch)`` pairs (``(index, epoch,
+copy)`` under repeated augmentation) to :class:`ViewDataset`, which seeds each sample's
+augmentation from ``(seed, epoch, index[, copy])``. A sample's views therefore do not
+depend on the worker that makes them, on the number of workers or on the number of
+processes, and a run resumed in the middle of an epoch sees exactly the batches it
+would have seen.
+
+Repeated augmentation (DeiT's ``RASampler``, ``repeated_aug=3``): every epoch draws
+each of its images ``repeated_aug`` times in a row, each copy with its own
+augmentation; the epoch keeps its length, so it holds about ``1/repeated_aug`` of the
+images. Consecutive positions go to consecutive ranks, so with three or more processes
+the copies of an image are augmented on different ranks, as in DeiT.
 
 Unreadable images: :class:`ViewDataset` replaces an image that fails to load by the
 next readable one (index + 1, + 2, …), warns with the path, and counts it in the
@@ -115,9 +122,11 @@ class UnlabeledImages(Dataset):
         return {"image": load_image(self.paths[index]), "label": -1, "path": str(self.paths[index])}
 
 
-def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
-    """The generator that drives the augmentation of sample ``index`` in ``epoch``."""
-    state = np.random.SeedSequence([int(seed), int(epoch), int(index)]).generate_state(2, np.uint32)
+def sample_generator(seed: int, epoch: int, index: int, copy: int = 0) -> torch.Generator:
+    """The generator that drives the augmentation of sample ``index`` in ``epoch`` (its
+    ``copy``-th draw in that epoch under repeated augmentation)."""
+    entropy = [int(seed), int(epoch), int(index)] + ([int(copy)] if copy else [])
+    state = np.random.SeedSequence(entropy).generate_state(2, np.uint32)
     gen = torch.Generator()
     gen.manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
     return gen
@@ -127,7 +136,8 @@ class ViewDataset(Dataset):
     """Apply a view pipeline (``transform(image, generator) -> dict``) to the items of
     ``dataset`` (dicts with a uint8 ``image``), seeding it from ``(seed, epoch, index)``.
 
-    Indices are ints (epoch 0) or ``(index, epoch)`` pairs from :class:`EpochSampler`.
+    Indices are ints (epoch 0) or ``(index, epoch)`` / ``(index, epoch, copy)`` keys from
+    :class:`EpochSampler`.
     Keys of the item other than ``image`` pass through (only ``keep_keys`` if given:
     masks of the original image no longer match a cropped view); ``skipped`` counts
     unreadable images replaced by the next readable one.
@@ -141,8 +151,8 @@ class ViewDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
-        index, epoch = (key, 0) if isinstance(key, (int, np.integer)) else key
+    def __getitem__(self, key: int | tuple[int, ...]) -> dict[str, Any]:
+        index, epoch, copy = (int(key), 0, 0) if isinstance(key, (int, np.integer)) else (*key, 0)[:3]
         n = len(self.dataset)
         skipped = 0
         for attempt in range(min(self.max_retries, n)):
@@ -159,7 +169,7 @@ class ViewDataset(Dataset):
         image = item["image"]
         item = {k: v for k, v in item.items()
                 if k != "image" and (self.keep_keys is None or k in self.keep_keys)}
-        out = self.transform(image, sample_generator(self.seed, epoch, index))
+        out = self.transform(image, sample_generator(self.seed, epoch, index, copy))
         item.update(out)
         item["index"] = index
         item["skipped"] = skipped
@@ -201,29 +211,45 @@ class EpochSampler(Sampler):
     union of the ranks' ``s``-th local batches is the ``s``-th global batch of a single
     process with the same global batch size, whatever ``W``.
 
+    ``repeated_aug=k > 1`` is DeiT's repeated augmentation (timm's ``RASampler``): each
+    index of the permutation is repeated ``k`` times in a row and the result is cut back
+    to ``num_samples``, so an epoch keeps its length and holds about ``num_samples / k``
+    images, ``k`` copies each; items are then ``(index, epoch, copy)`` with ``copy`` in
+    ``0..k-1`` (each copy gets its own augmentation). As with the ``RASampler``,
+    consecutive copies land on consecutive ranks.
+
     ``set_epoch(epoch, start)`` skips the first ``start`` samples of this rank (used to
     resume mid-epoch). With ``shard=False`` (evaluation) ranks take ``r::W`` of the
     unpadded order, so nothing is counted twice.
     """
 
     def __init__(self, num_samples: int, *, shuffle: bool = True, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, drop_last: bool = True, pad: bool = True):
+                 world_size: int = 1, drop_last: bool = True, pad: bool = True, repeated_aug: int = 1):
         if num_samples <= 0:
             raise ValueError("the dataset is empty")
+        if int(repeated_aug) != repeated_aug or repeated_aug < 1:
+            raise ValueError(f"repeated_aug must be a whole number >= 1 (1: off), got {repeated_aug!r}")
         self.num_samples, self.shuffle, self.seed = num_samples, shuffle, seed
         self.rank, self.world_size, self.drop_last, self.pad = rank, world_size, drop_last, pad
+        self.repeated_aug = int(repeated_aug)
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = int(epoch), int(start)
 
-    def _order(self) -> list[int]:
+    def _order(self) -> list[tuple[int, ...]]:
         if self.shuffle:
             gen = torch.Generator()
             gen.manual_seed(int(np.random.SeedSequence([self.seed, self.epoch, 1]).generate_state(1)[0]))
-            order = torch.randperm(self.num_samples, generator=gen).tolist()
+            perm = torch.randperm(self.num_samples, generator=gen).tolist()
         else:
-            order = list(range(self.num_samples))
+            perm = list(range(self.num_samples))
+        k = self.repeated_aug
+        if k == 1:
+            order: list[tuple[int, ...]] = [(i, self.epoch) for i in perm]
+        else:
+            order = [(i, self.epoch, c) for i in perm[: -(-self.num_samples // k)] for c in range(k)]
+            order = order[: self.num_samples]
         w = self.world_size
         if self.drop_last:
             order = order[: len(order) - len(order) % w]
@@ -235,8 +261,8 @@ class EpochSampler(Sampler):
     def local_length(self) -> int:
         return len(self._order())
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        return iter([(i, self.epoch) for i in self._order()[self.start:]])
+    def __iter__(self) -> Iterator[tuple[int, ...]]:
+        return iter(self._order()[self.start:])
 
     def __len__(self) -> int:
         return max(0, self.local_length() - self.start)
@@ -250,7 +276,8 @@ def _worker_init(worker_id: int) -> None:
 
 def build_loader(dataset: Dataset, transform: Callable | None = None, *, batch_size: int, train: bool,
                  seed: int = 0, num_workers: int = 0, rank: int | None = None, world_size: int | None = None,
-                 drop_last: bool | None = None, keep_keys: Sequence[str] | None = None) -> DataLoader:
+                 drop_last: bool | None = None, keep_keys: Sequence[str] | None = None,
+                 repeated_aug: int = 1) -> DataLoader:
     """A DataLoader that follows the batch contract, deterministic and resumable.
 
     Args:
@@ -264,6 +291,8 @@ def build_loader(dataset: Dataset, transform: Callable | None = None, *, batch_s
         num_workers: loader processes computing the views and superpixels.
         rank, world_size: default from the initialised process group (or 0 and 1).
         keep_keys: item keys to pass through besides the view (default: all).
+        repeated_aug: DeiT's repeated augmentation: each drawn image appears this many
+            times per epoch, each copy augmented apart (3 in DeiT; 1: off). Training only.
     """
     # The process group is read from torch directly: data/ sits below train/.
     grouped = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -275,8 +304,11 @@ def build_loader(dataset: Dataset, transform: Callable | None = None, *, batch_s
         dataset = ViewDataset(dataset, transform, seed=seed, keep_keys=keep_keys)
     elif not isinstance(dataset, ViewDataset):
         raise TypeError("pass a transform, or a ViewDataset")
+    if repeated_aug != 1 and not train:
+        raise ValueError("repeated_aug is for training loaders; evaluation sees every image once")
     sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size,
-                           drop_last=train if drop_last is None else drop_last, pad=False)
+                           drop_last=train if drop_last is None else drop_last, pad=False,
+                           repeated_aug=repeated_aug)
     if train and sampler.local_length() < batch_size:
         raise ValueError(f"{len(dataset)} images give {sampler.local_length()} per process, fewer than one batch "
                          f"of {batch_size}; lower batch_size")

@@ -10,6 +10,10 @@ pipeline ends the same way everywhere (SPEC §6): quantise the augmented view to
 compute its superpixels, then normalise with the ImageNet statistics. The result is a
 dict with ``image`` (float32 ``3×S×S``, normalised) and ``superpixels`` (int64 ``S×S``).
 
+Where the authors' pipelines used PIL (torchvision's crops and resizes, timm's
+RandAugment), the operations here do what PIL does on the 8-bit image: resizing within
+one level of PIL's, RandAugment level for level (see the RandAugment section).
+
 Batch-level mixing (mixup / cutmix with consistent superpixels) lives at the end of
 this file; it runs in the training process on collated batches.
 """
@@ -61,25 +65,44 @@ def normalize(image: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------- geometry
 
 
-def resize(image: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
-    """Bilinear (antialiased) resize. An int resizes the shorter side to ``size``
-    keeping the aspect ratio; a pair gives ``(height, width)``."""
+INTERPOLATIONS = ("bilinear", "bicubic")
+
+
+def resize(image: torch.Tensor, size: int | tuple[int, int], interpolation: str = "bilinear") -> torch.Tensor:
+    """Resize as PIL does (torchvision's transforms on PIL images): antialiased,
+    ``"bilinear"`` or ``"bicubic"`` (a = −0.5), in two passes — horizontal, then
+    vertical — each rounded to 8-bit levels and clipped, as PIL's uint8 passes are. On
+    an 8-bit image the result is PIL's within one level.
+
+    An int resizes the shorter side to ``size`` and the longer one to
+    ``int(size · long / short)`` (torchvision's ``Resize(int)``, which truncates); a pair
+    gives ``(height, width)``.
+    """
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
     h, w = image.shape[-2:]
     if isinstance(size, int):
         if h <= w:
-            size = (size, max(1, round(w * size / h)))
+            size = (size, max(1, int(size * w / h)))
         else:
-            size = (max(1, round(h * size / w)), size)
-    if tuple(size) == (h, w):
-        return image
-    return F.interpolate(image[None], size=tuple(size), mode="bilinear", align_corners=False, antialias=True)[0]
+            size = (max(1, int(size * h / w)), size)
+    out_h, out_w = int(size[0]), int(size[1])
+    out = image
+    for pass_size, changed in (((h, out_w), out_w != w), ((out_h, out_w), out_h != h)):
+        if changed:
+            out = F.interpolate(out[None], size=pass_size, mode=interpolation, align_corners=False,
+                                antialias=True)[0]
+            out = torch.round(out.clamp(0, 1) * 255.0) / 255.0
+    return out
 
 
 def center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
+    """The central ``size×size`` window, placed as torchvision's ``CenterCrop`` places it
+    (offsets ``int(round((H − size) / 2))``)."""
     h, w = image.shape[-2:]
     if h < size or w < size:
         raise ValueError(f"cannot center-crop {size}×{size} from a {h}×{w} image; resize it first")
-    top, left = (h - size) // 2, (w - size) // 2
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
     return image[..., top:top + size, left:left + size]
 
 
@@ -109,25 +132,13 @@ def random_resized_crop_box(height: int, width: int, scale: tuple[float, float],
 
 def random_resized_crop(image: torch.Tensor, size: int, gen: torch.Generator,
                         scale: tuple[float, float] = (0.08, 1.0),
-                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3), interpolation: str = "bilinear") -> torch.Tensor:
     top, left, h, w = random_resized_crop_box(image.shape[-2], image.shape[-1], scale, ratio, gen)
-    return resize(image[..., top:top + h, left:left + w], (size, size))
+    return resize(image[..., top:top + h, left:left + w], (size, size), interpolation)
 
 
 def hflip(image: torch.Tensor) -> torch.Tensor:
     return image.flip(-1)
-
-
-def _affine(image: torch.Tensor, matrix: Sequence[float], fill: float = 0.5) -> torch.Tensor:
-    """Apply the 2×3 affine ``matrix`` (output pixel → input pixel, in normalised
-    coordinates) with bilinear sampling; outside pixels get ``fill``."""
-    theta = torch.tensor(matrix, dtype=image.dtype).view(1, 2, 3)
-    grid = F.affine_grid(theta, [1, *image.shape], align_corners=False)
-    ones = torch.ones_like(image[:1])
-    out = F.grid_sample(torch.cat([image, ones])[None], grid, mode="bilinear", padding_mode="zeros",
-                        align_corners=False)[0]
-    inside = out[3:]
-    return out[:3] + (1 - inside) * fill
 
 
 # --------------------------------------------------------------------------- colour
@@ -223,91 +234,318 @@ def solarize(image: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     return torch.where(image >= threshold, 1.0 - image, image)
 
 
-def posterize(image: torch.Tensor, bits: int) -> torch.Tensor:
-    q = 2 ** (8 - bits)
-    return (torch.floor(image * 255.0 / q) * q / 255.0).clamp(0, 1)
+# ------------------------------------------------------------------- RandAugment
+#
+# timm 0.4.12's RandAugment as DeiT uses it (``rand-m9-mstd0.5-inc1``), restated from
+# its definitions: timm's level functions turn a magnitude into an argument, and PIL
+# applies the operation to an 8-bit image. Here the image is held as 8-bit levels
+# (0..255, whole numbers in a float32 tensor) while the operations run, so every
+# threshold, bit mask and lookup table acts on the same integers as in PIL, and blends
+# and interpolation are evaluated as PIL evaluates them (float32 blends, float64
+# interpolation, truncated to whole levels): on the same 8-bit input the results agree
+# with PIL's level for level.
+
+RA_FILL = tuple(min(255, round(255 * m)) for m in IMAGENET_MEAN)
+"""Fill of pixels that a geometric operation brings in from outside: the ImageNet mean
+in 8-bit levels, (124, 116, 104), as timm's ``img_mean`` hyper-parameter."""
+
+RA_TRANSLATE_PCT = 0.45
+RA_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd", "Color",
+          "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
+"""timm's ``_RAND_TRANSFORMS`` (``inc0``)."""
+RA_OPS_INCREASING = ("AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing",
+                     "SolarizeAdd", "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing",
+                     "SharpnessIncreasing", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
+"""timm's ``_RAND_INCREASING_TRANSFORMS`` (``inc1``, DeiT's): every operation grows more
+severe with the magnitude."""
+
+_SIGNED = ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel", "ColorIncreasing",
+           "ContrastIncreasing", "BrightnessIncreasing", "SharpnessIncreasing")
 
 
-def autocontrast(image: torch.Tensor) -> torch.Tensor:
-    lo = image.amin(dim=(1, 2), keepdim=True)
-    hi = image.amax(dim=(1, 2), keepdim=True)
-    scale = torch.where(hi > lo, 1.0 / (hi - lo).clamp_min(1e-12), torch.ones_like(hi))
-    return torch.where(hi > lo, (image - lo) * scale, image).clamp(0, 1)
+def ra_level_arg(name: str, magnitude: float, negate: bool = False) -> float | int | None:
+    """The argument timm gives operation ``name`` at ``magnitude`` (0..10).
+
+    ``negate`` is timm's random sign (``_randomly_negate``) for the signed operations.
+
+    ==============================  ==================================================
+    Rotate                          ±30·m/10 degrees
+    Posterize / PosterizeIncreasing bits kept: int(4·m/10) / 4 − int(4·m/10)
+    Solarize / SolarizeIncreasing   threshold: int(256·m/10) / 256 − int(256·m/10)
+    SolarizeAdd                     added levels: int(110·m/10)
+    Color, Contrast, Brightness,    factor 1.8·m/10 + 0.1; the Increasing variants
+    Sharpness                       1 ± 0.9·m/10
+    ShearX, ShearY                  ±0.3·m/10
+    TranslateXRel, TranslateYRel    ±0.45·m/10 of the width / height
+    AutoContrast, Equalize, Invert  None (no argument)
+    ==============================  ==================================================
+    """
+    level = magnitude / 10.0
+    sign = -1.0 if negate else 1.0
+    base = name.removesuffix("Increasing")
+    if base in ("AutoContrast", "Equalize", "Invert"):
+        return None
+    if name == "Rotate":
+        return sign * level * 30.0
+    if name == "Posterize":
+        return int(level * 4)
+    if name == "PosterizeIncreasing":
+        return 4 - int(level * 4)
+    if name == "Solarize":
+        return int(level * 256)
+    if name == "SolarizeIncreasing":
+        return 256 - int(level * 256)
+    if name == "SolarizeAdd":
+        return int(level * 110)
+    if base in ("Color", "Contrast", "Brightness", "Sharpness"):
+        return level * 1.8 + 0.1 if name == base else 1.0 + sign * level * 0.9
+    if name in ("ShearX", "ShearY"):
+        return sign * level * 0.3
+    if name in ("TranslateXRel", "TranslateYRel"):
+        return sign * level * RA_TRANSLATE_PCT
+    raise ValueError(f"unknown RandAugment operation {name!r}; one of {', '.join(RA_OPS + RA_OPS_INCREASING)}")
 
 
-def equalize(image: torch.Tensor) -> torch.Tensor:
-    """Per-channel histogram equalisation on 256 levels (PIL's ImageOps.equalize)."""
-    levels = to_uint8_image(image).long()
+def _to_levels(image: torch.Tensor) -> torch.Tensor:
+    """float ``[0, 1]`` → 8-bit levels (whole numbers 0..255 as float32)."""
+    return torch.round(image.float().clamp(0, 1) * 255.0)
+
+
+def _truncate(levels: torch.Tensor) -> torch.Tensor:
+    """Clip to 0..255 and drop the fraction, as PIL's ``(UINT8)`` casts do."""
+    return torch.floor(levels.clamp(0, 255))
+
+
+def _luma(levels: torch.Tensor) -> torch.Tensor:
+    """PIL's RGB → L: ``(19595 R + 38470 G + 7471 B + 2¹⁵) >> 16`` (ITU-R 601-2)."""
+    r, g, b = levels.long()
+    return ((19595 * r + 38470 * g + 7471 * b + 32768) >> 16).float()
+
+
+def _pil_blend(degenerate: torch.Tensor, levels: torch.Tensor, factor: float) -> torch.Tensor:
+    """PIL's ``Image.blend(degenerate, image, factor)`` (``ImageEnhance``):
+    ``degenerate + factor·(image − degenerate)`` in float32, extrapolating for factors
+    above 1, then clipped and truncated."""
+    if factor == 1.0:
+        return levels
+    alpha = torch.tensor(factor, dtype=torch.float32)
+    return _truncate(degenerate + alpha * (levels - degenerate))
+
+
+def _lut(levels: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
+    """Apply a 256-entry table per channel (``tables``: ``C×256``)."""
+    idx = levels.long()
+    return torch.stack([tables[c][idx[c]] for c in range(levels.shape[0])]).float()
+
+
+def _autocontrast(levels: torch.Tensor) -> torch.Tensor:
+    """PIL's ``ImageOps.autocontrast`` (cutoff 0): per channel, map [lo, hi] to [0, 255]
+    with ``int(v·255/(hi − lo) − lo·255/(hi − lo))``; a flat channel is left alone."""
     out = []
     for c in levels:
-        hist = torch.bincount(c.flatten(), minlength=256)
-        nonzero = hist[hist > 0]
-        step = int((nonzero.sum() - nonzero[-1]) // 255) if len(nonzero) else 0
-        if step == 0:
-            out.append(c.float() / 255.0)
+        lo, hi = float(c.min()), float(c.max())
+        if hi <= lo:
+            out.append(c)
             continue
-        lut = ((torch.cumsum(hist, 0) - hist + step // 2) // step).clamp(0, 255)
-        out.append(lut[c].float() / 255.0)
+        scale = 255.0 / (hi - lo)
+        table = torch.floor(torch.arange(256, dtype=torch.float64) * scale + (-lo * scale)).clamp(0, 255)
+        out.append(table[c.long()].float())
     return torch.stack(out)
 
 
-def sharpness(image: torch.Tensor, factor: float) -> torch.Tensor:
-    kernel = torch.tensor([[1, 1, 1], [1, 5, 1], [1, 1, 1]], dtype=image.dtype) / 13.0
-    smooth = F.conv2d(F.pad(image[None], (1, 1, 1, 1), mode="replicate"), kernel.expand(3, 1, 3, 3), groups=3)[0]
-    return _blend(image, smooth, factor)
+def _equalize(levels: torch.Tensor) -> torch.Tensor:
+    """PIL's ``ImageOps.equalize``: per channel, ``step = (N − count of the last used
+    level) // 255`` and level ``v`` maps to ``(step // 2 + #pixels below v) // step``;
+    identity when ``step`` is 0."""
+    tables = []
+    for c in levels.long():
+        hist = torch.bincount(c.flatten(), minlength=256)
+        used = hist[hist > 0]
+        step = int((used.sum() - used[-1]) // 255)
+        if step == 0:
+            tables.append(torch.arange(256))
+        else:
+            tables.append(((step // 2 + torch.cumsum(hist, 0) - hist) // step).clamp(0, 255))
+    return _lut(levels, torch.stack(tables))
 
 
-# ------------------------------------------------------------------- RandAugment
+def _posterize(levels: torch.Tensor, bits: int) -> torch.Tensor:
+    """Keep the ``bits`` most significant bits (8: unchanged; 0: black, as the Pillow of
+    timm 0.4.12's day gave for ``inc1`` at magnitude 10 — Pillow ≥ 10 refuses 0 bits)."""
+    if bits >= 8:
+        return levels
+    return (levels.long() & (~(2 ** (8 - bits) - 1) & 0xFF)).float()
 
 
-_RA_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd", "Color",
-           "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateX", "TranslateY")
+def _solarize(levels: torch.Tensor, threshold: int) -> torch.Tensor:
+    """Invert the levels at or above ``threshold`` (256: nothing)."""
+    return torch.where(levels >= threshold, 255.0 - levels, levels)
+
+
+def _solarize_add(levels: torch.Tensor, add: int, threshold: int = 128) -> torch.Tensor:
+    """Add ``add`` to the levels below ``threshold``, saturating at 255."""
+    return torch.where(levels < threshold, (levels + add).clamp(max=255), levels)
+
+
+def _smooth(levels: torch.Tensor) -> torch.Tensor:
+    """PIL's ``ImageFilter.SMOOTH`` (3×3 kernel [[1,1,1],[1,5,1],[1,1,1]] / 13) with the
+    one-pixel border copied unchanged, as PIL's 3×3 filter does; rounded to levels."""
+    kernel = torch.tensor([[1.0, 1, 1], [1, 5, 1], [1, 1, 1]], dtype=torch.float32) / 13.0
+    inner = F.conv2d(levels[:, None], kernel.view(1, 1, 3, 3))[:, 0]
+    out = levels.clone()
+    out[:, 1:-1, 1:-1] = torch.floor(inner + 0.5).clamp(0, 255)
+    return out
+
+
+def _cubic(v1: torch.Tensor, v2: torch.Tensor, v3: torch.Tensor, v4: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """PIL's transform bicubic between samples at offsets −1, 0, 1, 2, fraction ``d``:
+    the cubic convolution kernel with a = −1, in PIL's order of evaluation."""
+    return v2 + d * ((v3 - v1) + d * ((2 * (v1 - v2) + v3 - v4) + d * (-v1 + v2 - v3 + v4)))
+
+
+def pil_affine(levels: torch.Tensor, coeffs: Sequence[float], fill: Sequence[float] = RA_FILL,
+               interpolation: str = "bicubic") -> torch.Tensor:
+    """PIL's ``Image.transform(size, AFFINE, coeffs, resample, fillcolor=fill)``.
+
+    Output pixel ``(x, y)`` (integer column, row) samples the input at
+    ``(a·(x + ½) + b·(y + ½) + c, d·(x + ½) + e·(y + ½) + f)`` in pixel units with the
+    origin at the top-left corner of the image; pixel centres sit at ``+½``. A sample
+    outside ``[0, W) × [0, H)`` takes ``fill``; inside, neighbours beyond the border are
+    clamped to it. Bicubic is PIL's transform kernel (a = −1), bilinear the usual one;
+    results are truncated to levels.
+
+    Args:
+        levels: ``C×H×W`` 8-bit levels (float).
+        coeffs: ``(a, b, c, d, e, f)``, output → input.
+        fill: per-channel fill level.
+        interpolation: ``"bicubic"`` or ``"bilinear"``.
+    """
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
+    a, b, c, d, e, f = (float(v) for v in coeffs)
+    ch, h, w = levels.shape
+    ys = torch.arange(h, dtype=torch.float64).view(-1, 1) + 0.5
+    xs = torch.arange(w, dtype=torch.float64).view(1, -1) + 0.5
+    xin, yin = a * xs + b * ys + c, d * xs + e * ys + f
+    inside = (xin >= 0) & (xin < w) & (yin >= 0) & (yin < h)
+    x0, y0 = torch.floor(xin - 0.5), torch.floor(yin - 0.5)
+    dx, dy = xin - 0.5 - x0, yin - 0.5 - y0
+    flat = levels.reshape(ch, -1).double()
+    offsets = (-1, 0, 1, 2) if interpolation == "bicubic" else (0, 1)
+    # A zero fraction gives the centre sample exactly, so shears and translations,
+    # which keep one coordinate on the pixel grid, need one row (or column) of taps.
+    cols = [(x0 + ox).clamp(0, w - 1).long() for ox in (offsets if bool(dx.any()) else (0,))]
+
+    def row(oy: int) -> torch.Tensor:  # one input row per output pixel, interpolated along x
+        base = (y0 + oy).clamp(0, h - 1).long() * w
+        taps = [flat[:, (base + col).flatten()].view(ch, h, w) for col in cols]
+        if len(taps) == 1:
+            return taps[0]
+        return _cubic(*taps, dx) if interpolation == "bicubic" else taps[0] + (taps[1] - taps[0]) * dx
+
+    if not bool(dy.any()):
+        out = row(0)
+    else:
+        rows = [row(oy) for oy in offsets]
+        out = _cubic(*rows, dy) if interpolation == "bicubic" else rows[0] + (rows[1] - rows[0]) * dy
+    fill_t = torch.tensor([float(v) for v in fill], dtype=torch.float64).view(-1, 1, 1)
+    return torch.where(inside, torch.floor(out.clamp(0, 255)), fill_t).float()
+
+
+def _rotate_coeffs(degrees: float, width: int, height: int) -> list[float]:
+    """PIL's ``Image.rotate(degrees)``: counter-clockwise about the image centre
+    ``(W/2, H/2)``, same size."""
+    angle = -math.radians(degrees)
+    a, b = round(math.cos(angle), 15), round(math.sin(angle), 15)
+    d, e = round(-math.sin(angle), 15), round(math.cos(angle), 15)
+    cx, cy = width / 2.0, height / 2.0
+    return [a, b, a * -cx + b * -cy + cx, d, e, d * -cx + e * -cy + cy]
+
+
+def ra_op(image: torch.Tensor, name: str, arg: float | int | None = None, *, fill: Sequence[float] = RA_FILL,
+          interpolation: str = "bicubic") -> torch.Tensor:
+    """Apply one RandAugment operation with timm's argument ``arg`` (see
+    :func:`ra_level_arg`) to a ``3×H×W`` float image in ``[0, 1]``; the result is on 8-bit
+    levels (``k/255``), as the PIL image it stands for.
+
+    Geometric operations (PIL's affine convention, see :func:`pil_affine`): Rotate
+    ``arg`` degrees counter-clockwise about the centre; ShearX samples ``(x + arg·y, y)``
+    and ShearY ``(x, y + arg·x)`` from the top-left origin; TranslateXRel samples
+    ``(x + arg·W, y)``, TranslateYRel ``(x, y + arg·H)``. Enhancements blend with a
+    degenerate image by ``arg`` (PIL's ``ImageEnhance``): Color with the luma image,
+    Contrast with a flat image at ``int(mean luma + ½)``, Brightness with black,
+    Sharpness with the SMOOTH-filtered image.
+    """
+    x = _to_levels(image)
+    base = name.removesuffix("Increasing")
+    h, w = x.shape[-2:]
+    if base == "AutoContrast":
+        out = _autocontrast(x)
+    elif base == "Equalize":
+        out = _equalize(x)
+    elif base == "Invert":
+        out = 255.0 - x
+    elif base == "Posterize":
+        out = _posterize(x, int(arg))
+    elif base == "Solarize":
+        out = _solarize(x, int(arg))
+    elif base == "SolarizeAdd":
+        out = _solarize_add(x, int(arg))
+    elif base == "Color":
+        out = _pil_blend(_luma(x).expand_as(x), x, float(arg))
+    elif base == "Contrast":
+        out = _pil_blend(torch.full_like(x, float(int(float(_luma(x).mean()) + 0.5))), x, float(arg))
+    elif base == "Brightness":
+        out = _pil_blend(torch.zeros_like(x), x, float(arg))
+    elif base == "Sharpness":
+        out = _pil_blend(_smooth(x), x, float(arg))
+    elif name == "Rotate":
+        out = pil_affine(x, _rotate_coeffs(float(arg), w, h), fill, interpolation)
+    elif name == "ShearX":
+        out = pil_affine(x, (1, float(arg), 0, 0, 1, 0), fill, interpolation)
+    elif name == "ShearY":
+        out = pil_affine(x, (1, 0, 0, float(arg), 1, 0), fill, interpolation)
+    elif name == "TranslateXRel":
+        out = pil_affine(x, (1, 0, float(arg) * w, 0, 1, 0), fill, interpolation)
+    elif name == "TranslateYRel":
+        out = pil_affine(x, (1, 0, 0, 0, 1, float(arg) * h), fill, interpolation)
+    else:
+        raise ValueError(f"unknown RandAugment operation {name!r}; one of {', '.join(RA_OPS + RA_OPS_INCREASING)}")
+    return (out / 255.0).to(image.dtype if image.is_floating_point() else torch.float32)
 
 
 def rand_augment(image: torch.Tensor, gen: torch.Generator, num_ops: int = 2, magnitude: float = 9.0,
-                 magnitude_std: float = 0.5, prob: float = 0.5) -> torch.Tensor:
-    """RandAugment as timm's ``rand-m9-mstd0.5-inc1`` (the DeiT recipe): ``num_ops``
-    operations drawn uniformly, each applied with probability ``prob`` at a magnitude
-    drawn from N(magnitude, magnitude_std) clipped to [0, 10], increasing severity."""
+                 magnitude_std: float = 0.5, prob: float = 0.5, increasing: bool = True,
+                 fill: Sequence[float] = RA_FILL, interpolation: str = "bicubic") -> torch.Tensor:
+    """timm's RandAugment; the defaults are ``rand-m9-mstd0.5-inc1`` as DeiT sets it up
+    (fill = ImageNet mean, bicubic).
+
+    ``num_ops`` times: draw an operation uniformly (with replacement) from
+    :data:`RA_OPS_INCREASING` (or :data:`RA_OPS` with ``increasing=False``); skip it with
+    probability ``1 − prob``; else draw the magnitude from N(magnitude, magnitude_std),
+    clip it to [0, 10], turn it into the operation's argument (:func:`ra_level_arg`, with
+    a fair random sign for the signed ones) and apply it (:func:`ra_op`).
+    """
+    names = RA_OPS_INCREASING if increasing else RA_OPS
     for _ in range(num_ops):
-        name = _RA_OPS[_randint(gen, 0, len(_RA_OPS) - 1)]
-        if _uniform(gen) >= prob:
+        name = names[_randint(gen, 0, len(names) - 1)]
+        if _uniform(gen) > prob:
             continue
         m = magnitude + magnitude_std * float(torch.randn((), generator=gen)) if magnitude_std > 0 else magnitude
-        level = min(max(m, 0.0), 10.0) / 10.0
-        sign = -1.0 if _uniform(gen) < 0.5 else 1.0
-        if name == "AutoContrast":
-            image = autocontrast(image)
-        elif name == "Equalize":
-            image = equalize(image)
-        elif name == "Invert":
-            image = 1.0 - image
-        elif name == "Rotate":
-            a = math.radians(30.0 * level * sign)
-            h, w = image.shape[-2:]
-            image = _affine(image, [math.cos(a), -math.sin(a) * h / w, 0.0, math.sin(a) * w / h, math.cos(a), 0.0])
-        elif name == "Posterize":
-            image = posterize(image, 8 - int(4 * level))
-        elif name == "Solarize":
-            image = solarize(image, 1.0 - level)
-        elif name == "SolarizeAdd":
-            added = (image + 110.0 / 255.0 * level).clamp(0, 1)
-            image = torch.where(image < 128 / 255.0, added, image)
-        elif name == "Color":
-            image = adjust_saturation(image, 1.0 + 0.9 * level * sign)
-        elif name == "Contrast":
-            image = adjust_contrast(image, 1.0 + 0.9 * level * sign)
-        elif name == "Brightness":
-            image = adjust_brightness(image, 1.0 + 0.9 * level * sign)
-        elif name == "Sharpness":
-            image = sharpness(image, 1.0 + 0.9 * level * sign)
-        elif name in ("ShearX", "ShearY"):
-            s = 0.3 * level * sign
-            image = _affine(image, [1, s, 0, 0, 1, 0] if name == "ShearX" else [1, 0, 0, s, 1, 0])
-        else:  # translate by up to 45 % of the side (timm's translate_pct 0.45)
-            t = 2 * 0.45 * level * sign
-            image = _affine(image, [1, 0, t, 0, 1, 0] if name == "TranslateX" else [1, 0, 0, 0, 1, t])
+        m = min(max(m, 0.0), 10.0)
+        negate = name in _SIGNED and _uniform(gen) > 0.5
+        image = ra_op(image, name, ra_level_arg(name, m, negate), fill=fill, interpolation=interpolation)
     return image
+
+
+def autocontrast(image: torch.Tensor) -> torch.Tensor:
+    """PIL's ``ImageOps.autocontrast`` of a ``[0, 1]`` image (on 8-bit levels)."""
+    return ra_op(image, "AutoContrast")
+
+
+def equalize(image: torch.Tensor) -> torch.Tensor:
+    """PIL's ``ImageOps.equalize`` of a ``[0, 1]`` image (on 8-bit levels)."""
+    return ra_op(image, "Equalize")
 
 
 # ------------------------------------------------------------------- superpixels
@@ -333,6 +571,21 @@ class SuperpixelConfig:
             raise ValueError(f"superpixel method must be 'seeds', 'slic' or 'grid', got {self.method!r}")
         if self.n_segments < 1:
             raise ValueError(f"n_segments must be >= 1, got {self.n_segments}")
+
+    def describe(self, size: int | None = None) -> dict[str, Any]:
+        """These settings as plain values, in the form a model's
+        ``pretrained_cfg["superpixels"]`` takes: ``method``, ``n_segments``, the backend
+        options (SEEDS: ``histogram_bins``, ``num_iterations``, ``num_levels``, ``prior``
+        and anything in ``extra``) and, given the view's ``size``,
+        ``pixels_per_superpixel`` (the density that scales ``n_segments`` to other sizes)."""
+        out: dict[str, Any] = {"method": self.method, "n_segments": int(self.n_segments)}
+        if self.method == "seeds":
+            out.update(histogram_bins=int(self.histogram_bins), num_iterations=int(self.num_iterations),
+                       num_levels=1, prior=2)
+        out.update(self.extra)
+        if size is not None:
+            out["pixels_per_superpixel"] = size * size / self.n_segments
+        return out
 
     def __call__(self, image_uint8: torch.Tensor) -> torch.Tensor:
         """``3×H×W`` uint8 → ``H×W`` int64 labels."""
@@ -410,27 +663,45 @@ class TrainView:
     """One classification training view: random resized crop and flip (the linear probe),
     optionally RandAugment, colour jitter and random erasing (DeiT).
 
+    ``interpolation`` of the crop: ``"bilinear"`` (torchvision's default: the MoCo-v3
+    linear probe) or ``"bicubic"`` (DeiT). ``rand_augment`` is timm's
+    ``rand-m{rand_augment_magnitude}-n{rand_augment_ops}-mstd{rand_augment_mstd}-inc1``
+    (:func:`rand_augment`; ``rand_augment_increasing=False`` gives ``inc0``), with
+    the ImageNet-mean fill and the crop's interpolation, as timm builds it.
+
     Random erasing (timm's 'pixel' mode, one box, after normalisation) fills the box with
-    Gaussian noise; the box becomes one new superpixel, since it holds no image structure
-    for SEEDS to follow.
+    Gaussian noise. castvit cuts the superpixels **before** erasing and gives the box one
+    new superpixel of its own; the authors cut them after, so SEEDS sees the noise (wrapped
+    around by their uint8 conversion) and splits the box into many noise-shaped pieces.
+    The box holds no image structure, so castvit spends one token on it instead of many.
     """
 
     size: int = 224
     scale: tuple[float, float] = (0.08, 1.0)
     hflip_prob: float = 0.5
+    interpolation: str = "bilinear"
     rand_augment: bool = False
     rand_augment_magnitude: float = 9.0
     rand_augment_ops: int = 2
+    rand_augment_mstd: float = 0.5
+    rand_augment_increasing: bool = True
     jitter: float = 0.0
     erase_prob: float = 0.0
     superpixels: SuperpixelConfig = field(default_factory=SuperpixelConfig)
 
+    def __post_init__(self) -> None:
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
+
     def __call__(self, image: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
-        x = random_resized_crop(to_float_image(image), self.size, gen, scale=tuple(self.scale))
+        x = random_resized_crop(to_float_image(image), self.size, gen, scale=tuple(self.scale),
+                                interpolation=self.interpolation)
         if _uniform(gen) < self.hflip_prob:
             x = hflip(x)
         if self.rand_augment:
-            x = rand_augment(x, gen, num_ops=self.rand_augment_ops, magnitude=self.rand_augment_magnitude)
+            x = rand_augment(x, gen, num_ops=self.rand_augment_ops, magnitude=self.rand_augment_magnitude,
+                             magnitude_std=self.rand_augment_mstd, increasing=self.rand_augment_increasing,
+                             interpolation=self.interpolation)
         if self.jitter > 0:
             x = color_jitter(x, gen, self.jitter, self.jitter, self.jitter, 0.0)
         out = finish_view(x, self.superpixels)
@@ -442,7 +713,7 @@ class TrainView:
 def random_erase(view: dict[str, torch.Tensor], gen: torch.Generator, scale: tuple[float, float] = (0.02, 1 / 3),
                  ratio: tuple[float, float] = (0.3, 3.3)) -> dict[str, torch.Tensor]:
     """timm's RandomErasing (mode 'pixel', count 1) on a normalised view; the erased box
-    gets its own superpixel id."""
+    gets its own superpixel id (see :class:`TrainView` for why)."""
     image, labels = view["image"], view["superpixels"]
     h, w = image.shape[-2:]
     for _ in range(10):
@@ -461,15 +732,22 @@ def random_erase(view: dict[str, torch.Tensor], gen: torch.Generator, scale: tup
 
 @dataclass
 class EvalView:
-    """Resize the shorter side to ``size / crop_fraction`` (256 for 224), center-crop."""
+    """Resize the shorter side to ``int(size / crop_fraction)`` (256 for 224) and
+    center-crop, as torchvision's ``Resize`` + ``CenterCrop``; ``interpolation``
+    ``"bilinear"`` (MoCo-v3's linear probe) or ``"bicubic"`` (DeiT)."""
 
     size: int = 224
     crop_fraction: float = 0.875
+    interpolation: str = "bilinear"
     superpixels: SuperpixelConfig = field(default_factory=SuperpixelConfig)
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
 
     def __call__(self, image: torch.Tensor, gen: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         x = to_float_image(image)
-        x = center_crop(resize(x, int(math.floor(self.size / self.crop_fraction + 0.5))), self.size)
+        x = center_crop(resize(x, int(self.size / self.crop_fraction), self.interpolation), self.size)
         return finish_view(x, self.superpixels)
 
 

@@ -22,13 +22,25 @@ eval_view          options of :class:`~castvit.data.transforms.EvalView`
 knn_memory,        MoCo's kNN monitor: labelled memory folder (default
 knn_memory_size    ``train``) and how many of its images to use (default all)
 val_batch_size     per-process evaluation batch (default: the training one)
+repeated_aug       DeiT's repeated augmentation: copies of each drawn image
+                   per epoch (3 in ``supervised_imagenet1k``; default 1, off)
 =================  ==========================================================
+
+Keys that the chosen kind or recipe would not read (``train_size`` on an image folder,
+``knn_memory`` outside MoCo, ``model.num_classes`` for MoCo, …) are refused, not ignored.
+
+Seeding: :func:`run` seeds Python, numpy and torch from ``train.seed`` before it builds
+anything, so the model's initialisation — and with the per-sample and per-step seeds of
+the loop, the whole run — is the same every time the command is run (bit for bit on
+CPU).
 """
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
@@ -88,9 +100,16 @@ def build_model(cfg: dict[str, Any], num_classes: int | None) -> torch.nn.Module
     m = cfg["model"]
     kwargs = dict(m.get("kwargs") or {})
     if cfg["recipe"] != "moco" and num_classes is not None:
-        kwargs.setdefault("num_classes", m.get("num_classes") or num_classes)
-    if cfg["recipe"] == "supervised":
-        kwargs.setdefault("drop_path_rate", cfg["train"]["drop_path"])
+        wanted = m.get("num_classes") or kwargs.get("num_classes") or num_classes
+        if wanted < num_classes:
+            raise ConfigError(f"model.num_classes {wanted} is below the {num_classes} classes of the data")
+        kwargs["num_classes"] = wanted
+    drop_path = cfg["train"].get("drop_path") if cfg["recipe"] == "supervised" else None
+    if drop_path is not None:
+        if kwargs.get("drop_path_rate", drop_path) != drop_path:
+            raise ConfigError(f"train.drop_path {drop_path} and model.kwargs.drop_path_rate "
+                              f"{kwargs['drop_path_rate']} disagree; set one of them")
+        kwargs["drop_path_rate"] = drop_path
     model = castvit.create_model(m["name"], **kwargs)
     if m.get("pretrained"):
         report = castvit.load_checkpoint(model, m["pretrained"])
@@ -100,6 +119,14 @@ def build_model(cfg: dict[str, Any], num_classes: int | None) -> torch.nn.Module
     elif cfg["recipe"] == "linear_probe":
         raise ConfigError("the linear probe needs model.pretrained (a MoCo or castvit checkpoint)")
     return model
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global generators (the same on every rank:
+    DDP starts every replica from rank 0's weights anyway)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def run(cfg: dict[str, Any], *, resume: bool | str = False, progress: bool = True) -> dict[str, Any]:
@@ -118,17 +145,19 @@ def run(cfg: dict[str, Any], *, resume: bool | str = False, progress: bool = Tru
                                                                         else "cpu"))
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", torch.cuda.current_device())
+    seed, workers = train_cfg.seed, train_cfg.num_workers
+    seed_everything(seed)
     if recipe == "segmentation":
         from castvit.train.segmentation import run_config
 
         return run_config(cfg, train_cfg, device, resume=resume, progress=progress)
     train_set, val_set, memory_set, num_classes = build_datasets(cfg)
     train_view, eval_view = build_views(cfg)
-    seed, workers = train_cfg.seed, train_cfg.num_workers
     val_batch = int(cfg["data"].get("val_batch_size") or per_process)
     keep = ("label", "path")
     train_loader = build_loader(train_set, train_view, batch_size=per_process, train=True, seed=seed,
-                                num_workers=workers, keep_keys=keep)
+                                num_workers=workers, keep_keys=keep,
+                                repeated_aug=int(cfg["data"].get("repeated_aug") or 1))
     val_loader = None
     if val_set is not None:
         val_loader = build_loader(val_set, eval_view, batch_size=val_batch, train=False, seed=seed,

@@ -37,7 +37,13 @@ RECIPES = ("moco", "supervised", "linear_probe", "segmentation")
 TOP_LEVEL = ("recipe", "output_dir", "device", "model", "data", "train")
 DATA_KEYS = ("kind", "train", "val", "classes", "image_size", "train_size", "val_size", "seed", "scene",
              "superpixels", "eval_superpixels", "train_view", "eval_view", "knn_memory", "knn_memory_size",
-             "val_batch_size")
+             "val_batch_size", "repeated_aug")
+# Keys that only mean something for some data kinds or recipes: anywhere else they would
+# be read by nobody, so a value there is refused rather than silently ignored.
+SYNTHETIC_ONLY = ("train_size", "val_size", "seed", "scene")
+FOLDER_ONLY = ("train", "val", "classes", "knn_memory")
+LABELLED_ONLY = ("val", "classes", "knn_memory", "knn_memory_size")
+MOCO_ONLY = ("knn_memory", "knn_memory_size")
 MODEL_KEYS = ("name", "kwargs", "pretrained", "num_classes")
 
 
@@ -162,12 +168,35 @@ def resolve(cfg: dict[str, Any]) -> dict[str, Any]:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
     else:
-        _check_keys("data", data, DATA_KEYS)
-    if recipe != "segmentation" and data.get("kind") not in ("imagefolder", "images", "synthetic"):
-        raise ConfigError(f"data.kind must be imagefolder, images or synthetic, got {data.get('kind')!r}")
+        _check_data(data, recipe, model)
     train = make_dataclass(cls, cfg.get("train") or {}, "train")
+    if train.batch_size is None:
+        raise ConfigError("train.batch_size (the global batch over all processes) is required")
     cfg["train"] = dataclasses.asdict(train)
     return cfg
+
+
+def _check_data(data: dict[str, Any], recipe: str, model: dict[str, Any]) -> None:
+    """The ``data`` section of the classification recipes (and ``model.num_classes``):
+    known keys, and none that this kind of data or this recipe would not read."""
+    _check_keys("data", data, DATA_KEYS)
+    kind = data.get("kind")
+    if kind not in ("imagefolder", "images", "synthetic"):
+        raise ConfigError(f"data.kind must be imagefolder, images or synthetic, got {kind!r}")
+    _refuse_set(data, SYNTHETIC_ONLY if kind != "synthetic" else FOLDER_ONLY, f"data.kind {kind}")
+    if kind == "images":
+        _refuse_set(data, LABELLED_ONLY, "data.kind images (unlabelled: no validation, no kNN monitor)")
+    if recipe != "moco":
+        _refuse_set(data, MOCO_ONLY, f"the {recipe} recipe (the kNN monitor is MoCo's)")
+    if recipe == "moco" and model.get("num_classes") is not None:
+        raise ConfigError("model.num_classes has no meaning for moco: the encoder's head becomes the projector "
+                          "(its width is train.dim); set it in the linear probe's recipe")
+
+
+def _refuse_set(section: dict[str, Any], keys: tuple[str, ...], where: str) -> None:
+    given = [k for k in keys if section.get(k) is not None]
+    if given:
+        raise ConfigError(f"data.{given[0]} is not used with {where}; remove it (or set it to null)")
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:

@@ -10,10 +10,14 @@ state into the authors' checkpoint container. :func:`fit` does the rest:
   the loader (:mod:`castvit.data.datasets`). Together they make a resumed run — even
   one resumed from the middle of an epoch — continue bit for bit on CPU.
 * checkpoints ``last.pth.tar`` (every ``checkpoint_every_steps`` steps and at every
-  epoch end) and ``best.pth.tar`` (best epoch by the recipe's monitored metric),
-  written atomically by rank 0; each holds the recipe's container (model, optimizer,
-  scaler, schedule…) plus a ``castvit`` entry with the epoch, step, every rank's RNG
-  states, the running epoch meters, the history and the resolved config.
+  epoch end), ``best.pth.tar`` (best epoch by the recipe's monitored metric) and, with
+  ``keep_epoch_checkpoints``, ``checkpoint_%04d.pth.tar`` numbered as the authors number
+  them: by the 0-based epoch just finished, so a 100-epoch run ends with
+  ``checkpoint_0099``. Written atomically by rank 0; each holds the recipe's container
+  (model, optimizer, scaler, schedule…), ``castvit_model`` (the record that rebuilds the
+  model: :func:`castvit.models.model_record`, with the preprocessing the run trained
+  with in its ``pretrained_cfg``) and a ``castvit`` entry with the epoch, step, every
+  rank's RNG states, the running epoch meters, the history and the resolved config.
 * feedback: a tqdm bar on rank 0, ``metrics.jsonl`` (one JSON record per logged step
   and per epoch; cut back to the checkpoint on resume), optional TensorBoard, and
   ``config.yaml`` with the resolved configuration.
@@ -25,6 +29,7 @@ import inspect
 import json
 import math
 import random
+import shutil
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, is_dataclass
@@ -49,11 +54,15 @@ class LoopConfig:
     Attributes:
         epochs: number of passes over the training set.
         batch_size: global batch over all processes (each takes ``batch_size /
-            world_size``); builders use it to make the loaders, and the learning rate
-            scales with the batch the loader actually gives.
-        seed: seeds the data order, every augmentation and the per-step generator.
-        num_workers: loader processes per training process.
-        amp_bf16: run forward passes under bfloat16 autocast.
+            world_size``). ``castvit train`` builds its loaders with it; with loaders of
+            your own leave it None (the loader's ``batch_size × world_size`` is used) or
+            give that very number: any other value is an error, not a silent no-op.
+        seed: seeds the model's initialisation (``castvit train``), the data order, every
+            augmentation and the per-step generator.
+        num_workers: loader processes per training process (``castvit train``'s loaders).
+        amp_bf16: run forward passes under bfloat16 autocast (castvit's default AMP).
+        amp_fp16: float16 autocast with a GradScaler, the authors' AMP (MoCo-v3's
+            ``torch.cuda.amp``, DeiT's ``NativeScaler``); not with ``amp_bf16``.
         grad_clip: clip the global gradient norm to this (None: no clipping).
         log_every: write a step record (and update the bar) every this many steps.
         checkpoint_every_steps: also save ``last`` every this many steps inside an
@@ -64,16 +73,23 @@ class LoopConfig:
     """
 
     epochs: int = 1
-    batch_size: int = 256
+    batch_size: int | None = None
     seed: int = 0
     num_workers: int = 4
     amp_bf16: bool = False
+    amp_fp16: bool = False
     grad_clip: float | None = None
     log_every: int = 20
     checkpoint_every_steps: int = 0
     keep_epoch_checkpoints: bool = False
     eval_every: int = 1
     tensorboard: bool = False
+
+    def __post_init__(self) -> None:
+        if self.amp_bf16 and self.amp_fp16:
+            raise ValueError("amp_bf16 and amp_fp16 are exclusive; pick one autocast dtype")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 (or None: the loader's), got {self.batch_size}")
 
 
 class Recipe:
@@ -82,6 +98,7 @@ class Recipe:
     name: str = "recipe"
     monitor: str | None = None  # epoch-record key that decides the best checkpoint
     monitor_mode: str = "max"
+    record_model: torch.nn.Module | None = None  # the model ``castvit_model`` describes
 
     def on_epoch_start(self, epoch: int) -> None:
         """Put modules in the right mode before the epoch's first step."""
@@ -105,6 +122,15 @@ class Recipe:
         """Restore from a container; return the epoch to start at (used for published
         containers, which carry no castvit loop state)."""
         raise NotImplementedError
+
+    def model_record(self) -> dict[str, Any] | None:
+        """:func:`castvit.models.model_record` of :attr:`record_model` (None for a model
+        not built by ``castvit.create_model``)."""
+        if self.record_model is None or getattr(self.record_model, "castvit_name", None) is None:
+            return None
+        from castvit.models import model_record
+
+        return model_record(self.record_model)
 
 
 @dataclass
@@ -234,6 +260,41 @@ def find_checkpoint(out_dir: Path | None, resume: bool | str | Path) -> Path | N
     return path
 
 
+# ------------------------------------------------------------ model preprocessing
+
+
+def view_preprocessing(loader) -> dict[str, Any] | None:
+    """What a loader's view pipeline feeds the model, as ``pretrained_cfg`` entries
+    (``input_size``, ``superpixels``, ``mean``, ``std``), or None when the loader is not a
+    :func:`~castvit.data.datasets.build_loader` loader with one of castvit's views."""
+    from castvit.ops import IMAGENET_MEAN, IMAGENET_STD
+
+    view = getattr(getattr(loader, "dataset", None), "transform", None)
+    superpixels, size = getattr(view, "superpixels", None), getattr(view, "size", None)
+    if not hasattr(superpixels, "describe") or not isinstance(size, int):
+        return None
+    return {"input_size": [size, size], "superpixels": superpixels.describe(size),
+            "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+
+
+def record_preprocessing(model: torch.nn.Module | None, loader) -> None:
+    """Write the training loader's preprocessing into ``model.pretrained_cfg``, so the
+    saved model says which superpixels and input size it was trained with."""
+    settings = view_preprocessing(loader)
+    if model is None or settings is None:
+        return
+    model.pretrained_cfg = {**(getattr(model, "pretrained_cfg", None) or {}), **settings}
+
+
+def check_batch_size(cfg: LoopConfig, loader) -> None:
+    """``cfg.batch_size`` must be None or the loader's global batch."""
+    global_batch = loader.batch_size * D.get_world_size()
+    if cfg.batch_size is not None and cfg.batch_size != global_batch:
+        raise ValueError(f"batch_size={cfg.batch_size} but the loader gives a global batch of {global_batch} "
+                         f"({loader.batch_size} per process × {D.get_world_size()} processes); the loader decides "
+                         "the batch: build it with the batch you want, or leave batch_size=None")
+
+
 # -------------------------------------------------------------------------- fit
 
 
@@ -295,6 +356,9 @@ class _Loop:
         if self.main and self.out is not None:
             s = self.state
             payload = self.recipe.container(s.epoch)
+            model_record = self.recipe.model_record()
+            if model_record is not None:
+                payload["castvit_model"] = model_record
             payload["castvit"] = {
                 "format": CHECKPOINT_FORMAT, "recipe": self.recipe.name, "epoch": s.epoch, "step": s.step,
                 "global_step": s.global_step, "world_size": self.world,
@@ -304,11 +368,13 @@ class _Loop:
             }
             names = [LAST]
             if kind == "epoch" and self.cfg.keep_epoch_checkpoints:
-                names.append(f"checkpoint_{s.epoch:04d}.pth.tar")
+                names.append(f"checkpoint_{s.epoch - 1:04d}.pth.tar")  # the epoch just finished, 0-based
             if kind == "epoch" and record is not None and record.get("is_best"):
                 names.append(BEST)
-            for name in names:
-                atomic_write(self.out / name, lambda tmp: torch.save(payload, tmp))
+            first = self.out / names[0]
+            atomic_write(first, lambda tmp: torch.save(payload, tmp))
+            for name in names[1:]:  # the same bytes: copy rather than pickle again
+                atomic_write(self.out / name, lambda tmp: shutil.copyfile(first, tmp))
         D.barrier()
 
     # ------------------------------------------------------------------ steps
@@ -426,10 +492,13 @@ def fit(recipe: Recipe, loader, cfg: LoopConfig, *, out_dir: str | Path | None =
         (``train_loss``, ``lr``, ``val_acc`` … whatever the recipe reports).
     """
     out = Path(out_dir) if out_dir is not None else None
+    check_batch_size(cfg, loader)
     loop = _Loop(recipe, loader, cfg, out, progress, to_plain(config if config is not None else cfg))
     ckpt_path = find_checkpoint(out, resume)
     if ckpt_path is not None:
         loop.restore(ckpt_path)
+        if loop.state.epoch >= cfg.epochs and loop.main:
+            print(finished_run_message(ckpt_path, loop.state.epoch, cfg.epochs), flush=True)
     if out is not None and loop.main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(out, loop.config)
@@ -444,6 +513,16 @@ def fit(recipe: Recipe, loader, cfg: LoopConfig, *, out_dir: str | Path | None =
     finally:
         loop.writer.close()
     return summarize(loop.state.history)
+
+
+def finished_run_message(path: Path, done: int, epochs: int) -> str:
+    """What a resume of a run that has nothing left to train says."""
+    more = max(done, epochs) * 2
+    return (f"{path} is from a finished run: {done} epochs done, {epochs} asked for, so there is nothing to train; "
+            f"the results reported are the finished run's. To train longer, raise the epoch count and resume "
+            f"(castvit train: the same command with train.epochs={more} --resume; Python: cfg.epochs={more}, "
+            "resume=True); the learning-rate schedule then stretches over the new length. To start over, use "
+            "another output_dir.")
 
 
 def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:

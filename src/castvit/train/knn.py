@@ -28,8 +28,8 @@ def backbone_features(model: nn.Module, images: torch.Tensor, superpixels: torch
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, loader, device: str | torch.device = "cpu", *, amp_bf16: bool = False
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def extract_features(model: nn.Module, loader, device: str | torch.device = "cpu", *,
+                     amp: torch.dtype | bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(features N×D float32, labels N)`` over ``loader`` in eval mode (mode restored),
     gathered from every rank in the loader's order per rank."""
     device = torch.device(device)
@@ -37,7 +37,7 @@ def extract_features(model: nn.Module, loader, device: str | torch.device = "cpu
     model.eval()
     feats, labels = [], []
     for batch in loader:
-        with autocast(device, amp_bf16):
+        with autocast(device, amp):
             f = backbone_features(model, batch["image"].to(device), batch["superpixels"].to(device))
         feats.append(f.float().cpu())
         labels.append(batch["label"].cpu())
@@ -76,9 +76,9 @@ def knn_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
 
 
 def knn_evaluate(model: nn.Module, memory_loader, query_loader, device: str | torch.device = "cpu", *,
-                 k: int = 20, temperature: float = 0.07, amp_bf16: bool = False) -> float:
+                 k: int = 20, temperature: float = 0.07, amp: torch.dtype | bool | None = None) -> float:
     """kNN top-1 accuracy of ``model``'s features: ``memory_loader`` (labelled training
     images, eval views) is the memory, ``query_loader`` is scored."""
-    train_x, train_y = extract_features(model, memory_loader, device, amp_bf16=amp_bf16)
-    test_x, test_y = extract_features(model, query_loader, device, amp_bf16=amp_bf16)
+    train_x, train_y = extract_features(model, memory_loader, device, amp=amp)
+    test_x, test_y = extract_features(model, query_loader, device, amp=amp)
     return knn_accuracy(train_x, train_y, test_x, test_y, k=k, temperature=temperature)

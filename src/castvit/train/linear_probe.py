@@ -23,9 +23,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from castvit.train import distributed as D
-from castvit.train.engine import LoopConfig, Recipe, fit
+from castvit.train.engine import LoopConfig, Recipe, fit, record_preprocessing
 from castvit.train.knn import backbone_features
-from castvit.train.optim import autocast, load_optimizer_checked, set_lr
+from castvit.train.optim import amp_dtype, autocast, load_optimizer_checked, set_lr
 from castvit.train.schedules import cosine_lr, scaled_lr
 from castvit.train.supervised import evaluate_classifier
 
@@ -43,7 +43,6 @@ class LinearProbeConfig(LoopConfig):
     """
 
     epochs: int = 90
-    batch_size: int = 256
     lr: float = 0.8
     lr_scale_batch: int | None = 256
     momentum: float = 0.9
@@ -53,8 +52,9 @@ class LinearProbeConfig(LoopConfig):
 
 
 def freeze_backbone(model: nn.Module) -> list[nn.Parameter]:
-    """Freeze everything but ``head``; reinitialise the head as the authors do. Returns
-    the head's parameters."""
+    """Freeze everything but ``head``; reinitialise the head as the authors do
+    (N(0, 0.01²) weights from torch's global generator, zero bias). Returns the head's
+    parameters."""
     if not isinstance(getattr(model, "head", None), nn.Linear):
         raise ValueError("the linear probe needs a model with a Linear head; call model.reset_classifier(C)")
     model.requires_grad_(False)
@@ -71,6 +71,8 @@ class LinearProbeRecipe(Recipe):
                  val_loader=None):
         self.cfg, self.device, self.val_loader = cfg, device, val_loader
         self.model = model.to(device)
+        self.record_model = self.model
+        self.amp = amp_dtype(cfg)
         params = freeze_backbone(self.model)
         self.head = D.wrap_ddp(self.model.head, device)
         self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -87,7 +89,7 @@ class LinearProbeRecipe(Recipe):
         self.lr = cosine_lr(t if c.lr_per_iteration else math.floor(t), base_lr=self.base_lr, epochs=c.epochs)
         set_lr(self.optimizer, self.lr)
         images, labels = batch["image"].to(self.device), batch["label"].to(self.device)
-        with torch.no_grad(), autocast(self.device, c.amp_bf16):
+        with torch.no_grad(), autocast(self.device, self.amp):
             feats = backbone_features(self.model, images, batch["superpixels"].to(self.device))
         logits = self.head(feats.float())
         loss = F.cross_entropy(logits, labels)
@@ -100,7 +102,7 @@ class LinearProbeRecipe(Recipe):
     def evaluate(self, epoch: int) -> dict[str, float]:
         if self.val_loader is None:
             return {}
-        out = evaluate_classifier(self.model, self.val_loader, self.device, amp_bf16=self.cfg.amp_bf16)
+        out = evaluate_classifier(self.model, self.val_loader, self.device, amp=self.amp)
         self.best_acc1 = max(self.best_acc1, 100.0 * out["acc"])
         return {f"val_{k}": v for k, v in out.items()}
 
@@ -139,6 +141,7 @@ def train_linear_probe(model: nn.Module, train_loader, cfg: LinearProbeConfig, *
         The history (``train_loss``, ``train_acc``, ``lr``, ``val_acc`` … per epoch).
     """
     device = torch.device(device)
+    record_preprocessing(model, train_loader)
     recipe = LinearProbeRecipe(model, cfg, global_batch=train_loader.batch_size * D.get_world_size(),
                                device=device, val_loader=val_loader)
     return fit(recipe, train_loader, cfg, out_dir=out_dir, progress=progress, resume=resume, config=config)

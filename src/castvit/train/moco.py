@@ -29,14 +29,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from castvit.train import distributed as D
-from castvit.train.engine import LoopConfig, Recipe, fit
-from castvit.train.optim import autocast, load_optimizer_checked, set_lr
+from castvit.train.engine import LoopConfig, Recipe, fit, record_preprocessing
+from castvit.train.optim import (amp_dtype, autocast, grad_scaler, load_optimizer_checked, load_scaler_state,
+                                 scaler_state, set_lr)
 from castvit.train.schedules import cosine_lr, moco_momentum, scaled_lr
 
 
 @dataclass
 class MoCoConfig(LoopConfig):
-    """MoCo-v3 settings (defaults: SPEC §7, ImageNet-1k, 100 epochs).
+    """MoCo-v3 settings (defaults: SPEC §7, ImageNet-1k, 100 epochs; the global batch
+    comes from the loader, the recipes set 256).
 
     Attributes (besides :class:`~castvit.train.engine.LoopConfig`'s):
         lr: base learning rate per ``lr_scale_batch`` images (1.5e-4 per 256);
@@ -55,7 +57,6 @@ class MoCoConfig(LoopConfig):
     """
 
     epochs: int = 100
-    batch_size: int = 256
     lr: float = 1.5e-4
     lr_scale_batch: int | None = 256
     weight_decay: float = 0.1
@@ -157,6 +158,9 @@ class MoCoRecipe(Recipe):
                  memory_loader=None, query_loader=None, arch: str | None = None):
         self.cfg, self.device = cfg, device
         self.moco = moco.to(device)
+        self.record_model = self.moco.base_encoder
+        self.amp = amp_dtype(cfg)
+        self.scaler = grad_scaler(device, enabled=cfg.amp_fp16)
         if cfg.sync_bn:
             self.moco = D.convert_sync_batchnorm(self.moco, device)
         self.ddp = D.wrap_ddp(self.moco, device)
@@ -183,13 +187,15 @@ class MoCoRecipe(Recipe):
         set_lr(self.optimizer, self.lr)
         x1, s1 = batch["image"].to(self.device, non_blocking=True), batch["superpixels"].to(self.device)
         x2, s2 = batch["image2"].to(self.device, non_blocking=True), batch["superpixels2"].to(self.device)
-        with autocast(self.device, c.amp_bf16):
+        with autocast(self.device, self.amp):
             loss = self.ddp(x1, s1, x2, s2, self.m)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()
         if c.grad_clip:
+            self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.moco.parameters(), c.grad_clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         return {"loss": loss.detach()}, int(x1.shape[0]), {"lr": self.lr, "momentum": self.m}
 
     def evaluate(self, epoch: int) -> dict[str, float]:
@@ -198,7 +204,7 @@ class MoCoRecipe(Recipe):
         from castvit.train.knn import knn_evaluate
 
         acc = knn_evaluate(self.moco.base_encoder, self.memory_loader, self.query_loader, self.device,
-                           k=self.cfg.knn_k, temperature=self.cfg.knn_temperature, amp_bf16=self.cfg.amp_bf16)
+                           k=self.cfg.knn_k, temperature=self.cfg.knn_temperature, amp=self.amp)
         return {"knn_acc": acc}
 
     def container(self, next_epoch: int) -> dict[str, Any]:
@@ -207,12 +213,13 @@ class MoCoRecipe(Recipe):
             "arch": self.arch,
             "state_dict": {f"module.{k}": v.detach().cpu() for k, v in self.moco.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
-            "scaler": {},
+            "scaler": scaler_state(self.scaler),
         }
 
     def load_container(self, ckpt: dict[str, Any]) -> int | None:
         load_moco_state(self.moco, ckpt)
         load_optimizer_checked(self.optimizer, ckpt.get("optimizer"))
+        load_scaler_state(self.scaler, ckpt.get("scaler"))
         return int(ckpt.get("epoch", 0))
 
 
@@ -256,13 +263,16 @@ def train_moco(encoder: nn.Module | MoCo, train_loader, cfg: MoCoConfig, *, memo
         memory_loader, query_loader: labelled eval-view loaders for the kNN monitor
             (``knn_acc`` each ``cfg.eval_every`` epochs); optional.
         out_dir, device, progress, resume, config: as :func:`castvit.train.engine.fit`.
-            Checkpoints are the authors' MoCo container.
+            Checkpoints are the authors' MoCo container, plus ``castvit_model``: the base
+            encoder's record (its ``head`` there is the classifier it was built with;
+            the container's ``head.*`` is the projector, which loaders drop).
 
     Returns:
         The history (``train_loss``, ``lr``, ``knn_acc`` … per epoch).
     """
     device = torch.device(device)
     moco = encoder if isinstance(encoder, MoCo) else MoCo(encoder, cfg.dim, cfg.mlp_dim, cfg.temperature)
+    record_preprocessing(moco.base_encoder, train_loader)
     recipe = MoCoRecipe(moco, cfg, global_batch=train_loader.batch_size * D.get_world_size(), device=device,
                         memory_loader=memory_loader, query_loader=query_loader)
     return fit(recipe, train_loader, cfg, out_dir=out_dir, progress=progress, resume=resume, config=config)

@@ -64,11 +64,54 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
-def autocast(device: torch.device, bf16: bool):
-    """bfloat16 autocast on ``device`` when ``bf16``, else a no-op context."""
-    if not bf16:
+def amp_dtype(cfg) -> torch.dtype | None:
+    """The autocast dtype a :class:`~castvit.train.engine.LoopConfig` asks for:
+    bfloat16 (``amp_bf16``), float16 (``amp_fp16``, the authors' AMP) or None."""
+    if getattr(cfg, "amp_fp16", False):
+        return torch.float16
+    if getattr(cfg, "amp_bf16", False):
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | bool | None):
+    """Autocast to ``dtype`` on ``device`` (``True``: bfloat16), or a no-op context."""
+    if dtype is True:
+        dtype = torch.bfloat16
+    if not dtype:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# An enabled GradScaler's initial state (torch's defaults): what the authors' loaders
+# (MoCo-v3's GradScaler, DeiT's NativeScaler) accept from a run that did not use one.
+_FRESH_SCALER = {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
+                 "_growth_tracker": 0}
+
+
+def grad_scaler(device: torch.device, enabled: bool):
+    """The loss scaler of float16 training (a pass-through when not ``enabled``)."""
+    if hasattr(torch.amp, "GradScaler"):  # torch >= 2.3
+        return torch.amp.GradScaler(device.type, enabled=enabled)
+    if enabled and device.type != "cuda":
+        raise ValueError("amp_fp16 off CUDA needs torch >= 2.3 (torch.amp.GradScaler); use amp_bf16")
+    return torch.cuda.amp.GradScaler(enabled=enabled)
+
+
+def scaler_state(scaler) -> dict:
+    """``scaler.state_dict()`` of an enabled scaler; for a disabled one, the state of a
+    fresh enabled scaler. torch writes ``{}`` for a disabled scaler, which an enabled
+    ``GradScaler.load_state_dict`` refuses, so the authors' scripts could not resume it."""
+    if scaler is not None and scaler.is_enabled():
+        return {k: (float(v) if torch.is_tensor(v) else v) for k, v in scaler.state_dict().items()}
+    return dict(_FRESH_SCALER)
+
+
+def load_scaler_state(scaler, state: dict | None) -> None:
+    """Restore a scaler written by :func:`scaler_state` (or by the authors' scripts); an
+    empty state (older castvit checkpoints) leaves the scaler fresh."""
+    if scaler is not None and scaler.is_enabled() and state:
+        scaler.load_state_dict(state)
 
 
 class ModelEma(nn.Module):

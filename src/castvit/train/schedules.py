@@ -2,7 +2,8 @@
 
 ``t`` is ``epoch + step / steps_per_epoch``: the recipes evaluate the schedules at every
 iteration (SPEC §7), so a schedule has no state to save and a resumed run lands on the
-same values.
+same values. DeiT's per-epoch timm schedule (:func:`deit_epoch_lr`) is a pure function
+of the epoch for the same reason.
 """
 
 from __future__ import annotations
@@ -40,3 +41,29 @@ def scaled_lr(lr: float, global_batch: int, reference_batch: int | None) -> floa
     """The linear scaling rule ``lr × batch / reference`` (``lr`` itself when
     ``reference_batch`` is None)."""
     return lr if not reference_batch else lr * global_batch / reference_batch
+
+
+def timm_cosine_lr(t: float, *, base_lr: float, epochs: int, warmup_epochs: int = 0, warmup_lr: float = 0.0,
+                   min_lr: float = 0.0) -> float:
+    """timm 0.4.12's ``CosineLRScheduler`` at epoch ``t`` (DeiT's ``--sched cosine``:
+    ``t_initial = epochs``, no warmup prefix, one cycle).
+
+    ``t < W``: ``warmup_lr + t·(base_lr − warmup_lr)/W``; ``W ≤ t < E``:
+    ``min_lr + ½(base_lr − min_lr)(1 + cos(π t/E))`` (the cosine runs over the whole
+    ``E`` epochs, warmup included); ``t ≥ E``: ``min_lr``.
+    """
+    if epochs <= 0:
+        raise ValueError(f"epochs must be > 0, got {epochs}")
+    if t < warmup_epochs:
+        return warmup_lr + t * (base_lr - warmup_lr) / warmup_epochs
+    if t >= epochs:
+        return min_lr
+    return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * t / epochs))
+
+
+def deit_epoch_lr(epoch: int, **kwargs: float) -> float:
+    """The learning rate DeiT trains epoch ``epoch`` (0-based) with: its scheduler starts
+    at ``warmup_lr`` and is stepped with ``step(e)`` *after* epoch ``e``, so epoch ``e``
+    runs at :func:`timm_cosine_lr` of ``e − 1`` (epoch 0 at that of 0), constant within
+    the epoch. ``kwargs``: those of :func:`timm_cosine_lr`."""
+    return timm_cosine_lr(max(int(epoch) - 1, 0), **kwargs)

@@ -28,26 +28,36 @@ import torch.nn.functional as F
 
 from castvit.data.transforms import MixConfig, mix_batch, one_hot_smooth
 from castvit.train import distributed as D
-from castvit.train.engine import LoopConfig, Recipe, fit, step_seed, to_plain
-from castvit.train.optim import ModelEma, autocast, load_optimizer_checked, param_groups, set_lr
-from castvit.train.schedules import cosine_lr, scaled_lr
+from castvit.train.engine import LoopConfig, Recipe, fit, record_preprocessing, step_seed, to_plain
+from castvit.train.optim import (ModelEma, amp_dtype, autocast, grad_scaler, load_optimizer_checked,
+                                 load_scaler_state, param_groups, scaler_state, set_lr)
+from castvit.train.schedules import cosine_lr, deit_epoch_lr, scaled_lr
+
+LR_SCHEDULES = ("iteration", "timm_epoch")
 
 
 @dataclass
 class SupervisedConfig(LoopConfig):
-    """DeiT-style supervised training (defaults: SPEC §7's published recipe).
+    """DeiT-style supervised training (defaults: SPEC §7's published recipe; the global
+    batch comes from the loader, ``configs/supervised_imagenet1k.yaml`` sets 1024).
 
     Attributes (besides :class:`~castvit.train.engine.LoopConfig`'s):
         lr: peak learning rate at the global batch ``lr_scale_batch`` (or as given when
             that is None); AdamW with ``betas`` and ``weight_decay`` (no decay on biases,
             norms and embeddings).
-        min_lr, warmup_lr, warmup_epochs: per-iteration linear warmup from
-            ``warmup_lr`` then cosine down to ``min_lr``.
+        min_lr, warmup_lr, warmup_epochs: linear warmup from ``warmup_lr``, then cosine
+            down to ``min_lr``.
+        lr_schedule: ``"iteration"`` (castvit's: warmup then half-cosine over the epochs
+            after it, set at every iteration) or ``"timm_epoch"`` (DeiT's: timm's
+            ``CosineLRScheduler``, whose cosine spans all the epochs, set once per epoch
+            and stepped after it, so epoch ``e`` runs at timm's value for ``e − 1``; see
+            :func:`~castvit.train.schedules.deit_epoch_lr`).
         label_smoothing: folded into the (mixed) soft targets.
         mixup_alpha, cutmix_alpha, mix_prob, mix_switch_prob: timm's Mixup settings
             (batch mode); 0 alphas or ``mix_prob=0`` turn mixing off.
-        drop_path: informational (the model's ``drop_path_rate`` does the work);
-            recorded in the config.
+        drop_path: the model's stochastic-depth rate. ``castvit train`` builds the model
+            with it; here it is checked: a model built with another ``drop_path_rate``
+            is refused (None: take the model as it is).
         ema_decay: keep an EMA of the weights with this decay (None: off); evaluated
             too when a validation loader is given.
         sync_bn: synchronise the conv stem's BatchNorm across processes (DeiT does not).
@@ -55,12 +65,12 @@ class SupervisedConfig(LoopConfig):
     """
 
     epochs: int = 300
-    batch_size: int = 1024
     lr: float = 1e-3
     lr_scale_batch: int | None = None
     min_lr: float = 1e-5
     warmup_lr: float = 1e-6
     warmup_epochs: float = 5.0
+    lr_schedule: str = "iteration"
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.999)
     label_smoothing: float = 0.1
@@ -68,10 +78,34 @@ class SupervisedConfig(LoopConfig):
     cutmix_alpha: float = 1.0
     mix_prob: float = 1.0
     mix_switch_prob: float = 0.5
-    drop_path: float = 0.1
+    drop_path: float | None = None
     ema_decay: float | None = None
     sync_bn: bool = False
     monitor: str = "val_acc"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.lr_schedule == "timm_epoch" and (int(self.warmup_epochs) != self.warmup_epochs):
+            raise ValueError(f"lr_schedule 'timm_epoch' steps per epoch: warmup_epochs must be whole, "
+                             f"got {self.warmup_epochs}")
+
+
+def check_drop_path(model: nn.Module, drop_path: float | None) -> None:
+    """Refuse a ``drop_path`` the model was not built with (stochastic depth is fixed
+    when the blocks are made, so it cannot be changed afterwards). The model's rate is
+    its ``drop_path_rate`` when :func:`castvit.create_model` built it, else the largest
+    ``drop_prob`` of its stochastic-depth modules (the last block's, 0 without any)."""
+    if drop_path is None:
+        return
+    if getattr(model, "castvit_name", None) is not None:  # castvit builders default to 0
+        built = float((getattr(model, "castvit_config", None) or {}).get("drop_path_rate", 0.0))
+    else:
+        built = max((float(m.drop_prob) for m in model.modules() if hasattr(m, "drop_prob")), default=0.0)
+    if abs(built - float(drop_path)) > 1e-12:
+        raise ValueError(f"drop_path={drop_path} but the model was built with drop_path_rate={built}; build it "
+                         f"with castvit.create_model(..., drop_path_rate={drop_path}) or leave drop_path=None")
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -90,11 +124,12 @@ def _num_classes(model: nn.Module) -> int:
 
 @torch.no_grad()
 def evaluate_classifier(model: nn.Module, loader, device: str | torch.device = "cpu", *,
-                        amp_bf16: bool = False, progress: bool = False) -> dict[str, float]:
+                        amp: torch.dtype | bool | None = None, progress: bool = False) -> dict[str, float]:
     """Top-1 / top-5 accuracy and mean cross-entropy of ``model`` over ``loader``.
 
-    Runs in eval mode (the previous mode is restored). Under torchrun each rank scores
-    its shard and the sums are reduced, so every rank returns the full-set numbers.
+    Runs in eval mode (the previous mode is restored), under autocast to ``amp`` (a
+    dtype; True: bfloat16). Under torchrun each rank scores its shard and the sums are
+    reduced, so every rank returns the full-set numbers.
 
     Returns:
         ``{"acc": top-1 in [0, 1], "acc5": top-5, "loss": mean CE, "count": images}``.
@@ -112,7 +147,7 @@ def evaluate_classifier(model: nn.Module, loader, device: str | torch.device = "
         images = batch["image"].to(device, non_blocking=True)
         sp = batch["superpixels"].to(device, non_blocking=True)
         labels = batch["label"].to(device, non_blocking=True)
-        with autocast(device, amp_bf16):
+        with autocast(device, amp):
             logits = model(images, sp)
         logits = logits.float()
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
@@ -132,8 +167,12 @@ class SupervisedRecipe(Recipe):
 
     def __init__(self, model: nn.Module, cfg: SupervisedConfig, *, global_batch: int, device: torch.device,
                  val_loader=None):
+        check_drop_path(model, cfg.drop_path)
         self.cfg, self.device, self.val_loader = cfg, device, val_loader
         self.model = model.to(device)
+        self.record_model = self.model
+        self.amp = amp_dtype(cfg)
+        self.scaler = grad_scaler(device, enabled=cfg.amp_fp16)
         if cfg.sync_bn:
             self.model = D.convert_sync_batchnorm(self.model, device)
         self.ddp = D.wrap_ddp(self.model, device)
@@ -152,6 +191,9 @@ class SupervisedRecipe(Recipe):
 
     def lr_at(self, t: float) -> float:
         c = self.cfg
+        if c.lr_schedule == "timm_epoch":
+            return deit_epoch_lr(int(t), base_lr=self.base_lr, epochs=c.epochs, warmup_epochs=int(c.warmup_epochs),
+                                 warmup_lr=c.warmup_lr, min_lr=c.min_lr)
         return cosine_lr(t, base_lr=self.base_lr, epochs=c.epochs, warmup_epochs=c.warmup_epochs,
                          min_lr=c.min_lr, warmup_start_lr=c.warmup_lr)
 
@@ -167,14 +209,16 @@ class SupervisedRecipe(Recipe):
             target = one_hot_smooth(batch["label"], self.num_classes, c.label_smoothing)
         self.lr = self.lr_at(t)
         set_lr(self.optimizer, self.lr)
-        with autocast(self.device, c.amp_bf16):
+        with autocast(self.device, self.amp):
             logits = self.ddp(batch["image"], batch["superpixels"])
         loss = soft_cross_entropy(logits, target)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()
         if c.grad_clip:
+            self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         if self.ema is not None:
             self.ema.update(self.model)
         acc = (logits.detach().argmax(1) == target.argmax(1)).float().mean()
@@ -184,9 +228,9 @@ class SupervisedRecipe(Recipe):
         if self.val_loader is None:
             return {}
         out = {f"val_{k}": v for k, v in evaluate_classifier(self.model, self.val_loader, self.device,
-                                                             amp_bf16=self.cfg.amp_bf16).items()}
+                                                             amp=self.amp).items()}
         if self.ema is not None:
-            ema = evaluate_classifier(self.ema.module, self.val_loader, self.device, amp_bf16=self.cfg.amp_bf16)
+            ema = evaluate_classifier(self.ema.module, self.val_loader, self.device, amp=self.amp)
             out.update({f"val_ema_{k}": v for k, v in ema.items() if k != "count"})
         return out
 
@@ -195,9 +239,9 @@ class SupervisedRecipe(Recipe):
         out = {
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
-            "lr_scheduler": {"kind": "per-iteration warmup + cosine", "base_lr": self.base_lr, "lr": self.lr},
+            "lr_scheduler": {"kind": self.cfg.lr_schedule, "base_lr": self.base_lr, "lr": self.lr},
             "epoch": next_epoch - 1,
-            "scaler": {},
+            "scaler": scaler_state(self.scaler),
             "args": to_plain(self.cfg),
         }
         if self.ema is not None:
@@ -209,6 +253,7 @@ class SupervisedRecipe(Recipe):
 
         load_checkpoint(self.model, {"model": ckpt["model"]}, reset_head="never")
         load_optimizer_checked(self.optimizer, ckpt.get("optimizer"))
+        load_scaler_state(self.scaler, ckpt.get("scaler"))
         if self.ema is not None and "model_ema" in ckpt:
             self.ema.module.load_state_dict(ckpt["model_ema"])
         return int(ckpt["epoch"]) + 1 if "epoch" in ckpt else None
@@ -226,8 +271,8 @@ def train_supervised(model: nn.Module, train_loader, cfg: SupervisedConfig, *, v
             resumable); its ``batch_size`` is per process.
         cfg: the recipe settings.
         val_loader: scored after every ``cfg.eval_every`` epochs (``val_acc``, …).
-        out_dir: checkpoints (``last.pth.tar``, ``best.pth.tar``, DeiT container),
-            ``metrics.jsonl``, ``config.yaml``; None writes nothing.
+        out_dir: checkpoints (``last.pth.tar``, ``best.pth.tar``, DeiT container plus
+            ``castvit_model``), ``metrics.jsonl``, ``config.yaml``; None writes nothing.
         device: ``"cpu"``, ``"cuda"``…; under torchrun, ``cuda`` means this rank's GPU.
         progress: progress bar and epoch summaries.
         resume: True to continue from ``out_dir/last.pth.tar`` when present, or a path.
@@ -239,5 +284,6 @@ def train_supervised(model: nn.Module, train_loader, cfg: SupervisedConfig, *, v
     """
     device = torch.device(device)
     global_batch = train_loader.batch_size * D.get_world_size()
+    record_preprocessing(model, train_loader)
     recipe = SupervisedRecipe(model, cfg, global_batch=global_batch, device=device, val_loader=val_loader)
     return fit(recipe, train_loader, cfg, out_dir=out_dir, progress=progress, resume=resume, config=config)
