@@ -409,3 +409,23 @@ def test_a_fine_tuned_segmenter_checkpoint_loads_whole_by_name(tmp_path):
     back = castvit.create_model("segmenter_cast_small", pretrained=str(tmp_path / "checkpoint.pth"), **kw)
     for k, v in src.state_dict().items():
         assert torch.equal(back.state_dict()[k], v), k
+
+
+def test_segment_with_a_published_name_uses_those_weights_and_does_not_warn(tmp_path, monkeypatch, photo):
+    import contextlib
+    import io
+
+    from PIL import Image
+
+    from castvit.cli import main
+
+    _mirror(tmp_path, monkeypatch)
+    Image.fromarray(photo).save(tmp_path / "p.png")
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        code = main(["segment", str(tmp_path / "p.png"), "--out", str(tmp_path / "o"), "--no-viewer",
+                     "--model", "cast_small.moco_in1k", *[f"--model-arg={k}={json.dumps(v)}" for k, v in TINY.items()]])
+    assert code == 0, err.getvalue()
+    assert "RANDOM WEIGHTS" not in err.getvalue()
+    doc = json.loads((tmp_path / "o" / "p" / "hierarchy.json").read_text())
+    assert doc["model"]["random_weights"] is False

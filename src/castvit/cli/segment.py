@@ -188,7 +188,8 @@ def build_model(args: argparse.Namespace, say) -> tuple[Any, dict[str, Any]]:
         raise SetupError(f"model {name!r} has no segmentation hierarchy (it is not a CAST model); "
                          "choose one of 'castvit models cast_*'")
     return model.eval(), {"name": name, "checkpoint": str(Path(args.checkpoint).resolve()) if args.checkpoint else None,
-                          "random_weights": not args.checkpoint, "seed": args.seed, "overrides": overrides}
+                          "random_weights": not args.checkpoint and getattr(model, "pretrained_tag", None) is None,
+                          "seed": args.seed, "overrides": overrides}
 
 
 def random_weights_warning(name: str) -> str:
