@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import _common as C
 import castvit
 from castvit import ops
-from castvit.models import cast, fast_cpu, fps, graph_pool, layers, vit
+from castvit.models import cast, fast_cpu, fps, graph_pool, vit
 
 # ----------------------------------------------------------------------------- the replaced code
 

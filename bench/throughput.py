@@ -26,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import _common as C
 import castvit
-from castvit.models import fast_cpu, graph_pool, layers
+from castvit.models import fast_cpu, graph_pool
 
 MODELS = ["cast_small", "cast_base", "vit_conv_small_patch16", "vit_conv_small_patch8"]
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}

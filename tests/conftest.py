@@ -30,6 +30,17 @@ def close(actual: torch.Tensor, ref: torch.Tensor) -> None:
         assert err <= tol, f"max error {err:.3e} > {tol:.3e}"
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core CPU run fastest, and steadiest, on one thread (two
+    threads spin against each other when other work competes for the cores). A test
+    module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

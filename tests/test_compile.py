@@ -12,12 +12,7 @@ from test_models import grid_superpixels, tiny_overrides
 from test_padding import sparse_superpixels
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models; threads only spin against each other on a busy machine
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 STATIC = ["cast_small", "cast_small_deit", "cast_small_seg_pretrain", "cast_small_seg", "cast_small_deit_seg",

@@ -14,13 +14,7 @@ from castvit.data.datasets import (
 from castvit.data.transforms import EvalView, MoCoViews, SuperpixelConfig, TrainView
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared CPU run fastest (and steadiest) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 GRID = SuperpixelConfig(method="grid", n_segments=16)
 

@@ -8,13 +8,7 @@ import torch
 from castvit.data.transforms import MixConfig, grid_superpixels, mix_batch, one_hot_smooth, relabel_compact
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared CPU run fastest (and steadiest) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_batch(b: int = 4, size: int = 32) -> dict[str, torch.Tensor]:

@@ -17,13 +17,7 @@ from castvit.train.supervised import SupervisedConfig, SupervisedRecipe, train_s
 GRID = SuperpixelConfig(method="grid", n_segments=16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared CPU run fastest (and steadiest) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_three_repeats_on_two_ranks_show_each_drawn_image_three_times_per_epoch():

@@ -16,6 +16,8 @@ import pytest
 import torch
 
 from castvit import demo
+from castvit.eval.baselines import colour_grouping
+from castvit.eval.compare import MethodScores
 from castvit.cli import demo as cli_demo
 from castvit.eval import evaluate_hierarchy, is_nested, ods_ois, prf_from_counts
 
@@ -165,7 +167,7 @@ def test_colour_grouping_is_nested_and_cut_at_the_requested_counts():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, size=(32, 32, 3), dtype=np.uint8)
     superpixels = (np.arange(32)[:, None] // 4) * 8 + np.arange(32)[None, :] // 4  # 64 squares
-    levels = demo.colour_grouping(image, superpixels, (16, 8, 4, 2))
+    levels = colour_grouping(image, superpixels, (16, 8, 4, 2))
     assert np.array_equal(levels[0], superpixels)
     assert [np.unique(m).size for m in levels] == [64, 16, 8, 4, 2]
     assert all(is_nested(f, c) for f, c in zip(levels, levels[1:]))
@@ -175,7 +177,7 @@ def test_colour_grouping_separates_two_flat_colours():
     image = np.zeros((16, 16, 3), np.uint8)
     image[:, 8:] = (200, 30, 30)
     superpixels = (np.arange(16)[:, None] // 4) * 4 + np.arange(16)[None, :] // 4
-    coarse = demo.colour_grouping(image, superpixels, (2,))[1]
+    coarse = colour_grouping(image, superpixels, (2,))[1]
     assert np.unique(coarse[:, :8]).size == 1 and np.unique(coarse[:, 8:]).size == 1
     assert coarse[0, 0] != coarse[0, 15]
 
@@ -190,7 +192,7 @@ def _scores(per_image_value: float, n: int = 30, levels: int = 3, noise: float =
         values.update(matched_pred=matched, num_pred=np.full((n, levels), 100.0), matched_gt=matched,
                       num_gt=np.full((n, levels), 100.0))
         table[gt] = values
-    return demo.MethodScores({"num_levels": levels}, table)
+    return MethodScores({"num_levels": levels}, table)
 
 
 def test_verdict_says_not_when_the_trained_model_is_worse():

@@ -8,7 +8,6 @@ import hashlib
 import json
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from skimage import data
 
 import castvit
 from castvit.checkpoint import CheckpointError, load_checkpoint
-from castvit.inference import HierarchyPredictor, as_uint8_images, working_size
+from castvit.inference import HierarchyPredictor, as_uint8_images
 from castvit.models import hub
 from castvit.ops import normalize_images
 

@@ -16,14 +16,7 @@ NAMES = castvit.list_models()
 B, H, W = 2, 64, 64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared, busy machine intra-op
-    threads spin against each other (a 40 ms forward took 3 s with 2 threads at load 15)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(name: str) -> torch.nn.Module:

@@ -6,19 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from castvit.cli import main
 from castvit.train.config import RECIPES, ConfigError, apply_overrides, load_config, read_yaml
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared CPU run fastest (and steadiest) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

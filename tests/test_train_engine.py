@@ -22,13 +22,7 @@ from castvit.train.optim import ModelEma
 from castvit.train.supervised import SupervisedConfig, evaluate_classifier, soft_cross_entropy, train_supervised
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared CPU run fastest (and steadiest) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 GRID = SuperpixelConfig(method="grid", n_segments=16)
 TINY = dict(img_size=32, embed_dim=48, depth=[1, 1, 1, 1], num_heads=4, num_clusters=[8, 4, 4, 2], num_classes=4)

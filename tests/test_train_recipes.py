@@ -26,12 +26,7 @@ from castvit.train.supervised import SupervisedConfig, train_supervised
 from test_train_config import CONFIGS, TINY_CPU
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 GRID = SuperpixelConfig(method="grid", n_segments=16)

@@ -21,7 +21,6 @@ that names it — nothing is unpickled silently.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import tempfile

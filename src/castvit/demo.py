@@ -70,14 +70,14 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from castvit.eval.baselines import colour_grouping, colour_grouping_batch
-from castvit.eval.compare import GT_NAMES, HEADLINE, MethodScores, compare_methods, score_method
+from castvit.eval.baselines import colour_grouping_batch
+from castvit.eval.compare import GT_NAMES, HEADLINE, compare_methods, score_method
 
 FAMILIES = ("colour", "camouflage")
 EXTRA_BASELINES = ("tome", "vit_kmeans")  # trained baselines behind --baselines

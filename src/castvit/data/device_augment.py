@@ -29,8 +29,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from castvit.data.transforms import (MoCoViews, SuperpixelConfig, _uniform, random_resized_crop, to_float_image,
-                                     to_uint8_image)
+from castvit.data.transforms import (MoCoViews, SuperpixelConfig, _uniform, hsv_to_rgb, random_resized_crop,
+                                     rgb_to_hsv, to_float_image, to_uint8_image)
 from castvit.ops import IMAGENET_MEAN, IMAGENET_STD
 
 # params vector layout
@@ -89,31 +89,6 @@ def _blend(a: torch.Tensor, b: torch.Tensor, factor: torch.Tensor) -> torch.Tens
     return (f * a + (1 - f) * b).clamp(0, 1)
 
 
-def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
-    r, g, b = x[:, 0], x[:, 1], x[:, 2]
-    maxc, _ = x.max(1)
-    minc, _ = x.min(1)
-    delta = maxc - minc
-    s = torch.where(maxc > 0, delta / maxc.clamp_min(1e-12), torch.zeros_like(maxc))
-    safe = delta.clamp_min(1e-12)
-    rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
-    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    h = torch.where(delta > 0, (h / 6.0) % 1.0, torch.zeros_like(h))
-    return torch.stack([h, s, maxc], 1)
-
-
-def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
-    h, s, v = x[:, 0], x[:, 1], x[:, 2]
-    i = torch.floor(h * 6.0)
-    f = h * 6.0 - i
-    i = (i.long() % 6)[:, None]
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    out = torch.zeros_like(x)
-    for k, c in enumerate(((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))):
-        out = torch.where(i == k, torch.stack(c, 1), out)
-    return out
-
-
 def _jitter_op(x: torch.Tensor, op: int, factor: torch.Tensor) -> torch.Tensor:
     if op == 0:
         return (x * factor.view(-1, 1, 1, 1)).clamp(0, 1)
@@ -121,9 +96,9 @@ def _jitter_op(x: torch.Tensor, op: int, factor: torch.Tensor) -> torch.Tensor:
         return _blend(x, _luma(x).mean((1, 2, 3), keepdim=True), factor)
     if op == 2:
         return _blend(x, _luma(x).expand_as(x), factor)
-    hsv = _rgb_to_hsv(x)
+    hsv = rgb_to_hsv(x)
     hsv = torch.cat([((hsv[:, :1] + factor.view(-1, 1, 1, 1)) % 1.0), hsv[:, 1:]], 1)
-    return _hsv_to_rgb(hsv).clamp(0, 1)
+    return hsv_to_rgb(hsv).clamp(0, 1)
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

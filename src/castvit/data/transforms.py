@@ -167,25 +167,27 @@ def adjust_saturation(image: torch.Tensor, factor: float) -> torch.Tensor:
 
 
 def rgb_to_hsv(image: torch.Tensor) -> torch.Tensor:
-    r, g, b = image
-    maxc, _ = image.max(0)
-    minc, _ = image.min(0)
+    """RGB → HSV along the channel dimension ``-3`` (``3×H×W`` or ``B×3×H×W``), all in [0, 1]."""
+    r, g, b = image.unbind(-3)
+    maxc, _ = image.max(-3)
+    minc, _ = image.min(-3)
     delta = maxc - minc
     s = torch.where(maxc > 0, delta / maxc.clamp_min(1e-12), torch.zeros_like(maxc))
     safe = delta.clamp_min(1e-12)
     rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
     h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
     h = torch.where(delta > 0, (h / 6.0) % 1.0, torch.zeros_like(h))
-    return torch.stack([h, s, maxc])
+    return torch.stack([h, s, maxc], -3)
 
 
 def hsv_to_rgb(image: torch.Tensor) -> torch.Tensor:
-    h, s, v = image
+    """HSV → RGB along the channel dimension ``-3`` (the inverse of :func:`rgb_to_hsv`)."""
+    h, s, v = image.unbind(-3)
     i = torch.floor(h * 6.0)
     f = h * 6.0 - i
-    i = i.long() % 6
+    i = (i.long() % 6).unsqueeze(-3)
     p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    choices = [torch.stack(c) for c in ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))]
+    choices = [torch.stack(c, -3) for c in ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))]
     out = torch.zeros_like(image)
     for k, c in enumerate(choices):
         out = torch.where(i == k, c, out)

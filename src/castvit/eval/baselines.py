@@ -12,7 +12,6 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from castvit.ops import relabel_contiguous
 
 
 def colour_grouping(image: np.ndarray, superpixels: np.ndarray, num_segments: Sequence[int]) -> np.ndarray:

@@ -35,7 +35,6 @@ fine-tuning" number (38.4 mIoU with ``cast_small_seg_pretrain.moco_coco_ep149``)
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
