@@ -95,7 +95,9 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run_bit_for_bit(
     for i, state in a["optimizer"]["state"].items():
         for name, value in state.items():
             assert torch.equal(torch.as_tensor(value), torch.as_tensor(b["optimizer"]["state"][i][name]))
-    assert a["castvit"]["history"] == b["castvit"]["history"] or all(
-        {k: v for k, v in x.items() if k != "epoch_time_s"} == {k: v for k, v in y.items() if k != "epoch_time_s"}
-        for x, y in zip(a["castvit"]["history"], b["castvit"]["history"]))
+    def timeless(history):  # wall-clock times differ between runs; every other number must not
+        return [{k: v for k, v in rec.items() if not k.endswith("_time_s")} for rec in history]
+
+    assert len(a["castvit"]["history"]) == len(b["castvit"]["history"]) > 0
+    assert timeless(a["castvit"]["history"]) == timeless(b["castvit"]["history"])
     assert step_records(full / "metrics.jsonl") == step_records(broken / "metrics.jsonl")
