@@ -125,3 +125,11 @@ def test_cli_linear_probe_from_the_moco_checkpoint(tmp_path):
                  f"model.pretrained={moco_dir / 'last.pth.tar'}", "--no-progress"]) == 0
     epoch = json.loads((probe_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert 0.0 <= epoch["val_acc"] <= 1.0
+
+
+def test_exponent_floats_without_a_dot_are_floats():
+    # YAML 1.1 (PyYAML's default) reads 2e-3 as the string "2e-3"; a learning rate written
+    # that way must not reach the optimiser as text
+    cfg = apply_overrides({}, ["train.lr=2e-3", "train.wd=5E-2", "train.epochs=3", "name=run1e5x"])
+    assert cfg == {"train": {"lr": 0.002, "wd": 0.05, "epochs": 3}, "name": "run1e5x"}
+    assert isinstance(cfg["train"]["lr"], float)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,19 @@ def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML as PyYAML's safe loader reads it, except that ``2e-3`` is the float everyone
+    means (YAML 1.2) rather than a string (YAML 1.1 wants ``2.0e-3``)."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                              re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def _load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 — a SafeLoader subclass
+
+
 def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a recipe, resolving ``_base_`` chains."""
     path = Path(path).resolve()
@@ -68,7 +82,7 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"_base_ cycle: {' -> '.join(str(p) for p in _seen + (path,))}")
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = _load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping at the top level")
     base = data.pop("_base_", None)
@@ -85,7 +99,7 @@ def apply_overrides(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.epochs=2)")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else None
+            value = _load(raw) if raw != "" else None
         except yaml.YAMLError as exc:
             raise ConfigError(f"cannot parse the value of override {item!r}: {exc}") from exc
         node = out
