@@ -109,15 +109,11 @@ def model_preprocessing(model: torch.nn.Module) -> dict[str, Any]:
     cfg = getattr(model, "pretrained_cfg", None)
     if cfg:
         return cfg
-    from castvit.models._builder import SEEDS_FINETUNE, SEEDS_PRETRAIN
-    from castvit.ops import IMAGENET_MEAN, IMAGENET_STD
+    from castvit.models._builder import default_preprocessing
 
-    seg = getattr(model, "task", "cls") == "seg"
-    h, w = (512, 512) if seg else tuple(getattr(model, "img_size", (224, 224)))
-    sp = dict(SEEDS_FINETUNE if seg or getattr(model, "convention", "moco") == "deit" else SEEDS_PRETRAIN)
-    sp.update(n_segments=max(int(round(h * w / 256)), int(getattr(model, "min_superpixels", 0))),
-              pixels_per_superpixel=256)
-    return {"input_size": [h, w], "superpixels": sp, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    return default_preprocessing(tuple(getattr(model, "img_size", (224, 224))), task=getattr(model, "task", "cls"),
+                                 convention=getattr(model, "convention", "moco"),
+                                 first_clusters=int(getattr(model, "min_superpixels", 0)))
 
 
 def auto_size(model: torch.nn.Module) -> int:

@@ -51,20 +51,27 @@ def resolve_pretrained_cfg(name: str, config: dict[str, Any]) -> dict[str, Any]:
     entry's ``pretrained_cfg`` (and later by what a checkpoint stores).
     """
     entry = model_entry(name)
-    size = config.get("img_size", 224)
-    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    seg = config.get("task") == "seg"
-    finetuned = seg or config.get("convention") == "deit"
-    sp = dict(SEEDS_FINETUNE if finetuned else SEEDS_PRETRAIN)
+    cfg = default_preprocessing(config.get("img_size", 224), task=config.get("task", "cls"),
+                                convention=config.get("convention", "moco"),
+                                first_clusters=(config.get("num_clusters") or [0])[0])
+    return merge_cfg(cfg, entry.pretrained_cfg)
+
+
+def default_preprocessing(img_size: int | tuple[int, int], *, task: str = "cls", convention: str = "moco",
+                          first_clusters: int = 0) -> dict[str, Any]:
+    """The preprocessing config derived from a model's input size, task and convention
+    (see :func:`resolve_pretrained_cfg` for the keys)."""
+    h, w = (img_size, img_size) if isinstance(img_size, int) else (int(img_size[0]), int(img_size[1]))
+    seg = task == "seg"
+    sp = dict(SEEDS_FINETUNE if seg or convention == "deit" else SEEDS_PRETRAIN)
     if seg:
         h, w = 512, 512
     # The count follows the training density (one superpixel per 256 px, the 196 of a
     # 224² view), but a small model needs enough superpixels for its first pooling.
-    first = (config.get("num_clusters") or [0])[0]
-    sp["n_segments"] = max(int(round(h * w / PIXELS_PER_SUPERPIXEL)), 2 * int(first) if h * w < 224 * 224 else 0)
+    sp["n_segments"] = max(int(round(h * w / PIXELS_PER_SUPERPIXEL)),
+                           2 * int(first_clusters) if h * w < 224 * 224 else 0)
     sp["pixels_per_superpixel"] = PIXELS_PER_SUPERPIXEL
-    cfg = {"input_size": [h, w], "superpixels": sp, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
-    return merge_cfg(cfg, entry.pretrained_cfg)
+    return {"input_size": [h, w], "superpixels": sp, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 
 
 def merge_cfg(base: dict[str, Any], update: dict[str, Any] | None) -> dict[str, Any]:

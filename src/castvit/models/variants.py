@@ -50,23 +50,24 @@ for size, dim in SIZES.items():
 # Semantic segmentation (PROTOCOLS §1–2): Segmenter on the DeiT-convention encoder, SPML on the MoCo one.
 from castvit.models.segmenter import SegmentationModel  # noqa: E402
 
+# the preprocessing of their seg encoders: 512² crops, SEEDS with the fine-tuning settings
+SEMANTIC_PREPROCESSING = {"input_size": [512, 512], "superpixels": {
+    "method": "seeds", "num_levels": 1, "prior": 2, "histogram_bins": 5, "num_iterations": 15,
+    "n_segments": 1024, "pixels_per_superpixel": 256}}
+
 for size in SIZES:
     register_model(f"segmenter_cast_{size}", SegmentationModel,
                    dict(encoder=f"cast_{size}_deit_seg", decoder="mask_transformer", num_classes=150,
                         encoder_kwargs={"img_size": 512}),
                    f"Segmenter: CAST-{size[0].upper()} DeiT-seg encoder + mask transformer (ADE20K / Pascal Context)",
                    tags=("cast", "seg", "semantic"),
-                   pretrained_cfg={"input_size": [512, 512], "superpixels": {
-                       "method": "seeds", "num_levels": 1, "prior": 2, "histogram_bins": 5, "num_iterations": 15,
-                       "n_segments": 1024, "pixels_per_superpixel": 256}})
+                   pretrained_cfg=SEMANTIC_PREPROCESSING)
     register_model(f"spml_cast_{size}", SegmentationModel,
                    dict(encoder=f"cast_{size}_seg", decoder="spml", num_classes=21,
                         encoder_kwargs={"img_size": 512}),
                    f"SPML: CAST-{size[0].upper()} MoCo-seg encoder + 1×1-conv head (Pascal VOC)",
                    tags=("cast", "seg", "semantic"),
-                   pretrained_cfg={"input_size": [512, 512], "superpixels": {
-                       "method": "seeds", "num_levels": 1, "prior": 2, "histogram_bins": 5, "num_iterations": 15,
-                       "n_segments": 1024, "pixels_per_superpixel": 256}})
+                   pretrained_cfg=SEMANTIC_PREPROCESSING)
 
 # ToMe on superpixel tokens (the authors' token-merging ablation), traced into a hierarchy
 # whose levels have CAST's token counts at the ends of CAST's stages.
