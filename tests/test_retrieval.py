@@ -90,11 +90,48 @@ def test_embedding_model_keeps_projector_per_token(checkpoint):
 
 def test_embedding_model_errors_name_the_fix(tmp_path):
     tiny_moco_checkpoint(tmp_path / "cls.pth.tar", name="cast_small")
-    with pytest.raises(ValueError, match="block fusion|block-fusion"):
-        build_embedding_model(tmp_path / "cls.pth.tar")
+    with pytest.raises(ValueError, match="block-fusion.*--head none"):
+        build_embedding_model(tmp_path / "cls.pth.tar", head="projector")
     tiny_moco_checkpoint(tmp_path / "noproj.pth.tar", projector=False)
     with pytest.raises(ValueError, match="projector"):
-        build_embedding_model(tmp_path / "noproj.pth.tar")
+        build_embedding_model(tmp_path / "noproj.pth.tar", head="projector")
+    assert isinstance(build_embedding_model(tmp_path / "noproj.pth.tar").head, nn.Identity)  # auto: no projector
+    tiny_moco_checkpoint(tmp_path / "deit.pth.tar", name="cast_small_deit", projector=False)
+    with pytest.raises(ValueError, match="per-superpixel tokens"):
+        build_embedding_model(tmp_path / "deit.pth.tar")
+
+
+def test_classifier_checkpoint_embeds_unpooled_stage_outputs(tmp_path):
+    """A CAST classifier (the castvit demo's kind of checkpoint) has no block fusion: its
+    embedding is the four stage outputs, each unpooled to the superpixels through the
+    hard (argmax) hierarchy, concatenated; its trained weights are all used."""
+    torch.manual_seed(0)
+    cls = castvit.create_model("cast_small", num_classes=4, **TINY)
+    path = castvit.save_pretrained(cls, tmp_path / "demo_like.safetensors")
+    model = build_embedding_model(path)
+    assert model.embedding_fusion == "unpooled" and model.task == "seg" and isinstance(model.head, nn.Identity)
+    own = list(model.state_dict().values())  # the seg variant names its stages differently
+    for k, v in cls.state_dict().items():
+        if not k.startswith(("head.", "norm.")) and v.numel() > 1:
+            assert any(o.shape == v.shape and torch.equal(o, v) for o in own), k
+    gen = torch.Generator().manual_seed(1)
+    img = torch.rand(1, 3, 64, 64, generator=gen)
+    sp = torch.arange(64).reshape(8, 8).repeat_interleave(8, 0).repeat_interleave(8, 1)[None]
+    with torch.no_grad():
+        feats = model.forward_features(img, sp)
+        emb = model.forward_head(feats)[0]
+    # independent: follow each superpixel up the argmax assignments, level by level
+    parent = [feats[f"logit{k}"][0].argmax(-1) for k in (1, 2, 3)]
+    pieces, index = [feats["block1"][0]], torch.arange(64)
+    for k in (2, 3, 4):
+        index = parent[k - 2][index]
+        pieces.append(feats[f"block{k}"][0][index])
+    assert emb.shape == (64, 4 * TINY["embed_dim"])
+    assert torch.allclose(emb, torch.cat(pieces, -1), atol=1e-6)
+    untrained = build_embedding_model(path, untrained=True, seed=3)
+    assert untrained.embedding_fusion == "unpooled"
+    with torch.no_grad():
+        assert not torch.allclose(untrained(img, sp)[0], emb)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         build_embedding_model(tmp_path / "missing.pth.tar")
 

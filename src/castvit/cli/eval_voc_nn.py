@@ -22,12 +22,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                       "ImageSets/Segmentation)")
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="published weights, e.g. cast_small_seg_pretrain.moco_coco_ep149")
-    src.add_argument("--checkpoint", help="a MoCo checkpoint file of a block-fusion CAST (castvit train's "
-                                          "last.pth.tar, or a castvit .safetensors)")
+    src.add_argument("--checkpoint", help="a checkpoint file: a MoCo block-fusion CAST (castvit train's "
+                                          "last.pth.tar, or a castvit .safetensors), or a CAST classifier such as "
+                                          "castvit demo's checkpoints/colour_trained_l4.safetensors (its stage "
+                                          "outputs fused without parameters)")
     parser.add_argument("--untrained", action="store_true",
                         help="same architecture and projector shape, random weights (the baseline)")
-    parser.add_argument("--head", choices=("projector", "none"), default="projector",
-                        help="embedding: the MoCo projector per token (default, the protocol) or the fused tokens")
+    parser.add_argument("--head", choices=("auto", "projector", "none"), default="auto",
+                        help="embedding: the MoCo projector per token (the protocol) or the fused tokens; auto "
+                             "(default): the projector when the checkpoint has one")
     parser.add_argument("--seed", type=int, default=0, help="initialisation seed of --untrained (default 0)")
     parser.add_argument("--k", type=int, default=20, help="neighbours that vote (default 20)")
     parser.add_argument("--level", type=int, default=4, choices=range(5), metavar="{0..4}",
@@ -73,8 +76,8 @@ def run(args: argparse.Namespace) -> int:
 
     from castvit.checkpoint import CheckpointError
     from castvit.data.segmentation import SegmentationPairs, voc_aug
-    from castvit.eval.retrieval import MemoryBank, SegmentEmbedder, build_embedding_model, build_memory_bank, \
-        evaluate_retrieval
+    from castvit.eval.retrieval import MemoryBank, SegmentEmbedder, TokenProjector, build_embedding_model, \
+        build_memory_bank, evaluate_retrieval
     from castvit.eval.segmentation import format_table
 
     root = Path(args.root)
@@ -101,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
     embedder = SegmentEmbedder(model, level=args.level, long_side=args.long_side or None, superpixels=sp,
                                device=device)
     bank_dir = Path(args.bank) if args.bank else out / "bank"
-    settings = {"source": str(source), "head": args.head, "untrained": args.untrained, "seed": args.seed if args.untrained else None,
+    head = "projector" if isinstance(model.head, TokenProjector) else "none"
+    settings = {"source": str(source), "head": head, "fusion": model.embedding_fusion, "untrained": args.untrained, "seed": args.seed if args.untrained else None,
                 "num_clusters": list(model.num_clusters), "train_split": args.train_split,
                 "max_train": args.max_train, **embedder.settings(), "num_classes": num_classes}
     t0 = time.time()

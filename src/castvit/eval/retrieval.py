@@ -159,31 +159,78 @@ def _load_source(source: str | os.PathLike) -> tuple[str, dict[str, Any], dict[s
     return name, config, pretrained_cfg, sd
 
 
+class _Unpooled(nn.Module):
+    """Stands in for the BatchNorm of :class:`~castvit.models.graph_pool.BlockFusion`'s
+    projection, so that the fusion returns the unpooled stage outputs themselves."""
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        return x
+
+
+def unpooled_fusion(model: nn.Module) -> nn.Module:
+    """Make a ``*_seg`` CAST's block fusion parameter-free: every superpixel token becomes
+    the concatenation of the stage 1–4 outputs unpooled to it through the hard hierarchy
+    (``B×N1×4D``), without the learnt projection back to ``D``.
+
+    The embedding of an encoder that was not trained with block fusion (a classifier
+    such as ``castvit demo``'s CAST, or a supervised ``cast_small``): its fusion weights
+    do not exist, and a randomly initialised projection would only blur what the
+    stages learnt. Changes ``model`` in place and returns it.
+    """
+    model.block_fusion.proj_blocks = nn.Sequential(_Unpooled(), nn.Identity(), nn.Identity())
+    model.embedding_fusion = "unpooled"
+    return model
+
+
+def _has_projector(sd: Mapping[str, torch.Tensor]) -> bool:
+    return any(k.startswith("head.") and k[5:].partition(".")[0].isdigit() for k in sd)
+
+
 def build_embedding_model(source: str | os.PathLike, *, num_clusters: Sequence[int] | None = None,
-                          head: str = "projector", untrained: bool = False, seed: int = 0) -> nn.Module:
-    """The per-superpixel embedding model of a MoCo checkpoint (module docstring, step 1).
+                          head: str = "auto", untrained: bool = False, seed: int = 0) -> nn.Module:
+    """The per-superpixel embedding model of a checkpoint (module docstring, step 1).
 
     Args:
         source: a published ``model.tag`` (``"cast_small_seg_pretrain.moco_coco_ep149"``)
             or a checkpoint file (the authors' MoCo container with a castvit record,
-            ``castvit train``'s ``last.pth.tar``, a castvit ``.safetensors``).
+            ``castvit train``'s ``last.pth.tar``, a castvit ``.safetensors`` such as the
+            ``castvit demo`` checkpoints).
         num_clusters: clusters per stage (default: 320/160/80/40 for a model pre-trained
             with 64/32/16/8, else the checkpoint's own).
-        head: ``"projector"`` (the checkpoint's MoCo projector per token) or ``"none"``
-            (the fused tokens themselves).
+        head: ``"projector"`` (the checkpoint's MoCo projector per token), ``"none"``
+            (the fused tokens themselves) or ``"auto"`` (the projector when the
+            checkpoint has one, else ``"none"``).
         untrained: build the same architecture with fresh random weights (seeded by
             ``seed``), projector included: the baseline that retrieval must beat.
 
+    A block-fusion CAST (``*_seg_pretrain``, ``*_seg``) is run as it was trained. Any
+    other CAST (a classifier: ``cast_small``, the ``castvit demo`` models) has no fusion
+    weights; its tokens are fused without parameters (:func:`unpooled_fusion`: the four
+    stage outputs concatenated per superpixel) and ``head`` must be ``"none"`` (or
+    ``"auto"``), since a classifier's head is no per-token projector.
+
     Returns:
-        A ``*_seg`` CAST in eval mode whose ``forward`` gives ``B×N×C`` token embeddings.
+        A ``*_seg`` CAST in eval mode whose ``forward`` gives ``B×N×C`` token embeddings
+        (its ``embedding_fusion`` says ``"block"`` or ``"unpooled"``).
     """
-    if head not in ("projector", "none"):
-        raise ValueError(f"head must be 'projector' or 'none', got {head!r}")
+    if head not in ("projector", "none", "auto"):
+        raise ValueError(f"head must be 'projector', 'none' or 'auto', got {head!r}")
     from castvit.checkpoint import load_checkpoint
     from castvit.models._builder import create_model
 
     name, config, pretrained_cfg, sd = _load_source(source)
-    seg_name = _retrieval_name(name)
+    fusion = "block" if any(k.startswith("block_fusion.") for k in sd) else "unpooled"
+    if fusion == "unpooled" and (not name.startswith("cast_") or "deit" in name):
+        raise ValueError(f"{name!r} is neither a block-fusion CAST nor a MoCo-convention CAST classifier; retrieval "
+                         "needs per-superpixel tokens (a '*_seg_pretrain' MoCo checkpoint, a '*_seg' model, or a "
+                         "CAST classifier such as cast_small)")
+    if head == "auto":
+        head = "projector" if _has_projector(sd) else "none"
+    if head == "projector" and fusion == "unpooled":
+        raise ValueError(f"the checkpoint of {name!r} has no block-fusion weights, so its tokens are fused without "
+                         "parameters (4×width) and a projector trained on fused tokens does not fit them; use "
+                         "head='none' (--head none)")
+    seg_name = _retrieval_name(name) if fusion == "block" else _base_name(name) + "_seg"
     cfg = {k: v for k, v in config.items() if k not in ("task", "num_classes")}
     if num_clusters is None:
         own = list(cfg.get("num_clusters") or PRETRAIN_CLUSTERS)
@@ -192,19 +239,29 @@ def build_embedding_model(source: str | os.PathLike, *, num_clusters: Sequence[i
     if untrained:
         torch.manual_seed(seed)
     model = create_model(seg_name, **{**cfg, "num_classes": 0})
-    if not any(k.startswith("block_fusion.") for k in sd):
-        raise ValueError(f"the checkpoint of {name!r} has no block_fusion weights; retrieval needs a block-fusion "
-                         "CAST pre-trained as '*_seg_pretrain'")
     if head == "projector":
         model.head = TokenProjector(projector_from_state_dict(sd))
         sd = {("head.mlp." + k[5:] if k.startswith("head.") else k): v for k, v in sd.items()}
     else:
         sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
+    if fusion == "unpooled":
+        unpooled_fusion(model)
+        # the classifier's final norm reads only its cls token, which no segment uses
+        sd = {k: v for k, v in sd.items() if not k.startswith("norm.")}
+    else:
+        model.embedding_fusion = "block"
     if not untrained:
         load_checkpoint(model, sd, reset_head="never")
     model.retrieval_source = str(source)
     model.retrieval_pretrained_cfg = pretrained_cfg
     return model.eval()
+
+
+def _base_name(name: str) -> str:
+    for suffix in ("_seg_pretrain", "_seg"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 # ------------------------------------------------------------------ segments → prototypes
