@@ -553,13 +553,19 @@ def equalize(image: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------- superpixels
 
 
+SUPERPIXEL_METHODS = ("seeds", "slic", "slic_torch", "grid")
+
+
 @dataclass
 class SuperpixelConfig:
     """How each view is cut into superpixels (SPEC §6).
 
-    ``method`` 'seeds' (default) or 'slic' calls
-    :func:`castvit.superpixels.compute_superpixels`; 'grid' gives square cells of about
+    ``method`` 'seeds' (default), 'slic' or 'slic_torch' calls
+    :func:`castvit.superpixels.compute_superpixels` ('slic_torch': the batched torch SLIC
+    of :mod:`castvit.slic_torch`, options such as ``compactness`` or ``iterations`` in
+    ``extra``; at most ``n_segments`` ids per image); 'grid' gives square cells of about
     ``n_segments`` (useful in tests: it is instant and never returns too few segments).
+    :meth:`batch` cuts a whole ``B×3×H×W`` batch, on the batch's device for 'slic_torch'.
     """
 
     method: str = "seeds"
@@ -569,8 +575,9 @@ class SuperpixelConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.method not in ("seeds", "slic", "grid"):
-            raise ValueError(f"superpixel method must be 'seeds', 'slic' or 'grid', got {self.method!r}")
+        if self.method not in SUPERPIXEL_METHODS:
+            raise ValueError(f"superpixel method must be one of {', '.join(map(repr, SUPERPIXEL_METHODS))}, "
+                             f"got {self.method!r}")
         if self.n_segments < 1:
             raise ValueError(f"n_segments must be >= 1, got {self.n_segments}")
 
@@ -589,10 +596,31 @@ class SuperpixelConfig:
             out["pixels_per_superpixel"] = size * size / self.n_segments
         return out
 
+    def max_labels(self, height: int, width: int) -> int | None:
+        """The most ids an ``height×width`` image can get (a bound for the static-shape
+        model's ``max_tokens``), or None where the backend gives no bound (SEEDS, SLIC)."""
+        if self.method == "slic_torch":
+            return int(self.n_segments)
+        if self.method == "grid":
+            return int(grid_superpixels(height, width, self.n_segments).max()) + 1
+        return None
+
+    def batch(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        """``B×3×H×W`` uint8 → ``B×H×W`` int64 labels on the images' device: one batched
+        call for 'slic_torch' (on the device), image by image on the CPU otherwise."""
+        if self.method == "slic_torch":
+            from castvit.slic_torch import slic_torch
+
+            return slic_torch(images_uint8, self.n_segments, **dict(self.extra))
+        labels = [self(im) for im in images_uint8.cpu()]
+        return torch.stack(labels).to(images_uint8.device)
+
     def __call__(self, image_uint8: torch.Tensor) -> torch.Tensor:
         """``3×H×W`` uint8 → ``H×W`` int64 labels."""
         if self.method == "grid":
             return grid_superpixels(image_uint8.shape[-2], image_uint8.shape[-1], self.n_segments)
+        if self.method == "slic_torch":
+            return self.batch(image_uint8[None])[0]
         from castvit.superpixels import compute_superpixels_single
 
         kwargs: dict[str, Any] = dict(self.extra)
