@@ -74,6 +74,34 @@ def test_the_summary_has_a_row_for_every_family_and_method(quick_report):
     assert page.count('<tr><td class="name">camouflage</td>') == len(metrics["methods"])
 
 
+def test_saved_checkpoints_reproduce_the_reported_predictions(quick_report):
+    """Every trained model is saved as a castvit checkpoint that rebuilds itself by path
+    (no architecture retyped) and gives the report's classes and hierarchies again."""
+    import castvit
+    from castvit.hierarchy import Hierarchy
+    from castvit.ops import normalize_images
+
+    metrics = json.loads((quick_report / "metrics.json").read_text())
+    saved = np.load(quick_report / "predictions.npz")
+    for family, fam in metrics["families"].items():
+        assert set(fam["checkpoints"]) == {"trained", "trained_l4", "tome", "vit_kmeans"}
+        preds = family_predictions(saved, family)
+        images = normalize_images(torch.from_numpy(preds["image"]))
+        sp = torch.from_numpy(preds["superpixels"].astype(np.int64))
+        for name in ("trained", "trained_l4"):
+            rel = fam["checkpoints"][name]
+            assert rel in metrics["files"] and (quick_report / rel).is_file()
+            model = castvit.create_model(pretrained=quick_report / rel).eval()
+            assert model.pretrained_cfg["input_size"] == [metrics["config"]["image_size"]] * 2
+            assert model.pretrained_cfg["superpixels"]["n_segments"] == metrics["config"]["n_segments"]
+            with torch.no_grad():
+                feats = model.forward_features(images, sp)
+            levels = np.stack([np.stack(h.label_maps()) for h in Hierarchy.from_outputs(feats, sp)])
+            np.testing.assert_array_equal(levels, preds[f"levels_{name}"])
+            if name == "trained":  # trained_l4's level-4 head is not part of the encoder file
+                np.testing.assert_array_equal(model.forward_head(feats).argmax(-1).numpy(), preds["pred_label_trained"])
+
+
 def test_report_numbers_are_recomputed_from_the_saved_predictions(quick_report):
     metrics = json.loads((quick_report / "metrics.json").read_text())
     saved = np.load(quick_report / "predictions.npz")

@@ -201,7 +201,7 @@ def _run_demo(cfg: DemoConfig, out: Path, progress: bool) -> dict[str, Any]:
     families: dict[str, Any] = {}
     predictions: dict[str, np.ndarray] = {}
     for family in cfg.families:
-        report, preds = _run_family(cfg, family, progress)
+        report, preds = _run_family(cfg, family, progress, out)
         families[family] = report
         predictions.update({f"{family}.{k}": v for k, v in preds.items()})
     report = {
@@ -237,15 +237,19 @@ def _run_demo(cfg: DemoConfig, out: Path, progress: bool) -> dict[str, Any]:
     # the time other processes held the cores
     report["timing"]["cpu_total_s"] = round(time.process_time() - cpu_start, 2)
     report["machine"]["load_average_1min_after"] = _load_average()
-    report["files"] = ["metrics.json", "predictions.npz", *files, "index.html"]
+    saved = [f for fam in families.values() for f in fam["checkpoints"].values()]
+    report["files"] = ["metrics.json", "predictions.npz", *files, "index.html", *saved,
+                       *(str(Path(f).with_suffix(".json")) for f in saved)]
     write_html(out, report)
     (out / "metrics.json").write_text(json.dumps(report, indent=1))
     _say(progress, f"total {report['timing']['total_s']:.0f} s; report: {out / 'index.html'}")
     return report
 
 
-def _run_family(cfg: DemoConfig, family: str, progress: bool) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Data, training, hierarchies and scores of one scene family."""
+def _run_family(cfg: DemoConfig, family: str, progress: bool,
+                out: Path | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Data, training, hierarchies and scores of one scene family; with ``out``, the
+    trained models are saved as ``out/checkpoints/<family>_<name>.safetensors``."""
     timing: dict[str, float] = {}
     clock, cpu_clock = time.perf_counter(), time.process_time()
 
@@ -270,6 +274,7 @@ def _run_family(cfg: DemoConfig, family: str, progress: bool) -> tuple[dict[str,
         _say(progress, f"{family}: training {name} ({params:.2f}M trainable parameters)")
         histories[name] = _plain_history(train_classifier(model, train, test, cfg, progress))
         lap(f"train_{name}_s")
+    checkpoints = save_checkpoints(models, cfg, family, out / "checkpoints") if out is not None else {}
 
     predictions: dict[str, np.ndarray] = {
         "image": test["image"], "label": test["label"], "object_mask": test["object_mask"],
@@ -312,9 +317,44 @@ def _run_family(cfg: DemoConfig, family: str, progress: bool) -> tuple[dict[str,
         "comparisons": comparisons,
         "verdict": verdict,
         "history": histories,
+        "checkpoints": checkpoints,
         "timing": timing,
     }
     return report, predictions
+
+
+def demo_preprocessing(cfg: DemoConfig) -> dict[str, Any]:
+    """The preprocessing the demo trains with, as a ``pretrained_cfg``: the scene size,
+    ImageNet mean/std (:func:`castvit.ops.normalize_images`) and the superpixels of
+    :func:`make_split`."""
+    from castvit.ops import IMAGENET_MEAN, IMAGENET_STD
+
+    sp: dict[str, Any] = {"method": cfg.superpixels, "n_segments": cfg.n_segments}
+    if cfg.superpixels == "seeds":  # compute_superpixels' defaults, written out
+        sp.update(num_levels=1, prior=2, histogram_bins=15, num_iterations=20)
+    return {"input_size": [cfg.image_size, cfg.image_size], "superpixels": sp, "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD)}
+
+
+def save_checkpoints(models: dict[str, nn.Module], cfg: DemoConfig, family: str, folder: Path) -> dict[str, str]:
+    """Save each trained model as ``folder/<family>_<name>.safetensors`` (castvit's
+    format: :func:`castvit.load_pretrained`, ``create_model(pretrained=path)``, and as an
+    encoder for fine-tuning, ``model.pretrained=path`` in a recipe). ``trained_l4`` is
+    saved as its CAST (the level-4 head is dropped: the file is the encoder).
+
+    Returns:
+        ``{name: file name relative to the report folder}``.
+    """
+    from castvit.models._builder import save_pretrained
+
+    folder.mkdir(parents=True, exist_ok=True)
+    saved = {}
+    for name, model in models.items():
+        net = model.cast if isinstance(model, Level4Classifier) else model
+        net.pretrained_cfg = demo_preprocessing(cfg)
+        path = save_pretrained(net, folder / f"{family}_{name}.safetensors")
+        saved[name] = f"{folder.name}/{path.name}"
+    return saved
 
 
 REFERENCE_NAMES = {"trained": "CAST, authors' classifier (level 4 frozen)",
