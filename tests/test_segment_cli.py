@@ -228,6 +228,69 @@ def test_sixteen_bit_label_png_round_trips(tmp_path):
         write_label_png(tmp_path / "bad.png", labels + 1)
 
 
+@pytest.mark.parametrize("shape,dtype", [((7, 5), np.uint8), ((1, 9), np.uint16), ((40, 30), np.uint16),
+                                         ((40, 30), np.uint8), ((6, 4, 3), np.uint8)])
+def test_png_writer_round_trips_every_pixel(tmp_path, shape, dtype):
+    from castvit.viz.export import write_png
+
+    rng = np.random.default_rng(sum(shape))
+    pixels = rng.integers(0, np.iinfo(dtype).max + 1, size=shape).astype(dtype)  # the Up filter wraps mod 256
+    write_png(tmp_path / "p.png", pixels[::-1].T if pixels.ndim == 2 else pixels)  # a non-contiguous view too
+    with Image.open(tmp_path / "p.png") as im:
+        assert im.mode == {(2, np.uint8): "L", (2, np.uint16): "I;16", (3, np.uint8): "RGB"}[(pixels.ndim, dtype)]
+        back = np.asarray(im)
+    assert np.array_equal(back, pixels[::-1].T if pixels.ndim == 2 else pixels)
+
+
+def synthetic_hierarchy() -> Hierarchy:
+    """Blocky superpixels with absent ids (parent -1), disconnected segments and
+    non-contiguous cluster ids at every level."""
+    rng = np.random.default_rng(3)
+    cells = rng.choice(np.array([0, 2, 3, 5, 8, 9, 11, 12, 14, 17, 19, 20]), size=(6, 9))
+    sp = np.kron(cells, np.ones((7, 6), dtype=np.int64))[:40, :51]
+    p0 = np.full(21, -1)
+    present = np.unique(sp)
+    p0[present] = rng.choice([1, 4, 6, 7, 10], size=present.size)
+    parents = [p0, rng.choice([0, 3, 5], size=11), np.array([1, 1, 0, 1, 0, 0]), np.array([3, 2])]
+    image = rng.integers(0, 256, size=(*sp.shape, 3), dtype=np.uint8)
+    return Hierarchy(superpixels=sp, parents=[np.asarray(p, dtype=np.int64) for p in parents], image=image)
+
+
+def test_segment_tables_equal_the_records_computed_from_each_label_map():
+    h = synthetic_hierarchy()
+    maps = h.label_maps()
+    tables = h.segment_tables(colors=True)
+    assert len(tables) == h.num_levels
+    for s, (lab, table) in enumerate(zip(maps, tables)):
+        ids = np.unique(lab)
+        assert table.ids.tolist() == ids.tolist() and len(table) == h.num_segments(s)
+        for k, sid in enumerate(ids):
+            m = lab == sid
+            ys, xs = np.nonzero(m)
+            assert table.area[k] == m.sum()
+            assert table.bbox[k].tolist() == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+            assert table.color[k].tolist() == np.round(h.image[m].mean(0)).astype(np.uint8).tolist()
+            children = table.child_ids[table.child_ptr[k]:table.child_ptr[k + 1]].tolist()
+            assert children == (np.unique(maps[s - 1][m]).tolist() if s else [])
+            if s + 1 < h.num_levels:
+                assert table.parent[k] == np.unique(maps[s + 1][m]).item()
+            else:
+                assert table.parent is None
+        assert h.segments(s) == table.records()
+        assert [r["color"] for r in table.records(color=True)] == table.color.tolist()
+    assert tables[0].records(level_key=False)[0].keys() == {"id", "area", "bbox", "parent", "children"}
+    assert h.segment_tables()[2].color is None
+
+
+def test_contour_map_holds_the_coarsest_level_of_each_boundary_pixel():
+    h = synthetic_hierarchy()
+    expected = np.full(h.shape, -1, dtype=np.int8)
+    for s, lab in enumerate(h.label_maps()):
+        expected[label_boundaries(lab)] = s
+    assert expected.max() == h.num_levels - 1
+    assert np.array_equal(h.boundary_map(), expected)
+
+
 def test_size_zero_runs_the_model_at_the_native_resolution(photos, tmp_path):
     folder, _ = photos
     code, _, err = run_cli(folder / "chelsea.png", "--out", tmp_path, "--size", "0", "--no-viewer", *FAST)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from castvit.models.graph_pool import compose_assignments
-from castvit.ops import json_default, label_boundaries, segment_mean_colors
+from castvit.ops import json_default, segment_mean_colors
 
 PATCH = 8
 NPZ_FORMAT = "castvit-hierarchy/1"
@@ -122,30 +122,70 @@ class Hierarchy:
         Each record: ``id``, ``level``, ``area`` (pixels), ``bbox`` ``[x, y, w, h]``
         (pixels, SAM's XYWH), ``parent`` (id at level+1, or None at the top),
         ``children`` (sorted ids at level−1; empty at level 0). Sorted by id.
+        For several levels, :meth:`segment_tables` does them all in one pass.
+        """
+        self._check_level(level)
+        return self.segment_tables(upto=level)[level].records()
+
+    def segment_tables(self, *, colors: bool = False, upto: int | None = None) -> list["SegmentTable"]:
+        """Every level's segment statistics (:class:`SegmentTable`), levels ``0..upto``
+        (default: all), from one pass over the pixels.
+
+        Each level's map is a function of the superpixel map, so areas, bounding boxes
+        and colour sums are gathered once per superpixel and summed up the hierarchy
+        over the (few) ids; the results equal per-level computation on the label maps
+        exactly. ``colors=True`` adds mean RGB colours (when the hierarchy has an image).
         """
         from scipy import ndimage
 
-        self._check_level(level)
-        lab = self.label_map(level)
-        area = np.bincount(lab.ravel())
-        boxes = ndimage.find_objects(lab + 1)
-        parent_of = self.parents[level] if level < len(self.parents) else None
-        children: dict[int, list[int]] = {}
-        if level > 0:
-            below = self.segment_of(level - 1)
-            below_ids = np.unique(below[self.superpixels])
-            for c in below_ids.tolist():
-                children.setdefault(int(self.parents[level - 1][c]), []).append(int(c))
-        records = []
-        for sid in np.nonzero(area)[0].tolist():
-            ys, xs = boxes[sid]
-            records.append({
-                "id": sid, "level": level, "area": int(area[sid]),
-                "bbox": [xs.start, ys.start, xs.stop - xs.start, ys.stop - ys.start],
-                "parent": int(parent_of[sid]) if parent_of is not None else None,
-                "children": children.get(sid, []),
-            })
-        return records
+        top = self.num_levels - 1 if upto is None else upto
+        self._check_level(top)
+        sp = self.superpixels
+        flat = sp.ravel()
+        if flat.size and int(flat.min()) < 0:
+            raise ValueError("superpixel ids must be >= 0")
+        n0 = len(self.parents[0]) if self.parents else 0
+        area0 = np.bincount(flat, minlength=n0)
+        ids0 = np.flatnonzero(area0)
+        # bounding boxes of the superpixels (x0, y0, x1, y1), end exclusive
+        boxes = ndimage.find_objects(sp + 1)
+        box0 = np.array([(boxes[i][1].start, boxes[i][0].start, boxes[i][1].stop, boxes[i][0].stop)
+                         for i in ids0.tolist()], dtype=np.int64).reshape(-1, 4)
+        sums0 = None
+        if colors and self.image is not None:
+            rgb = np.asarray(self.image).reshape(-1, 3)
+            sums0 = np.stack([np.bincount(flat, weights=rgb[:, c], minlength=area0.size)[ids0] for c in range(3)], 1)
+        area0 = area0[ids0]
+        tables: list[SegmentTable] = []
+        of = ids0.copy()  # level-s id of each present superpixel
+        for s in range(top + 1):
+            if s > 0:
+                of = self.parents[s - 1][of]
+            if of.size and int(of.min()) < 0:
+                raise ValueError(f"level {s}: a superpixel present in the map has no segment (-1)")
+            ids, inv = np.unique(of, return_inverse=True)
+            k = ids.size
+            area = np.bincount(inv, weights=area0, minlength=k).astype(np.int64)
+            lo = np.full((k, 2), np.iinfo(np.int64).max, dtype=np.int64)
+            hi = np.zeros((k, 2), dtype=np.int64)
+            np.minimum.at(lo, inv, box0[:, :2])
+            np.maximum.at(hi, inv, box0[:, 2:])
+            color = None
+            if sums0 is not None:
+                sums = np.stack([np.bincount(inv, weights=sums0[:, c], minlength=k) for c in range(3)], 1)
+                color = np.round(sums / area[:, None].astype(np.float64)).astype(np.uint8)
+            if s > 0:
+                below = tables[-1].ids
+                up = np.searchsorted(ids, self.parents[s - 1][below])
+                child_ids = below[np.argsort(up, kind="stable")]
+                child_ptr = np.concatenate([[0], np.cumsum(np.bincount(up, minlength=k))])
+            else:
+                child_ids, child_ptr = np.zeros(0, dtype=np.int64), np.zeros(k + 1, dtype=np.int64)
+            tables.append(SegmentTable(
+                level=s, ids=ids, area=area, bbox=np.concatenate([lo, hi - lo], 1),
+                parent=np.asarray(self.parents[s])[ids].astype(np.int64) if s < len(self.parents) else None,
+                child_ids=child_ids.astype(np.int64), child_ptr=child_ptr.astype(np.int64), color=color))
+        return tables
 
     def masks(self, level: int) -> list[dict[str, Any]]:
         """Per-segment records at ``level``, like SAM's automatic mask generator.
@@ -164,10 +204,20 @@ class Hierarchy:
         """Ultrametric contour map, ``H×W`` int8: each boundary pixel holds the coarsest
         level at which it is still a boundary (0 = only between superpixels, up to
         ``num_levels − 1``); ``-1`` marks pixels on no boundary. Thresholding it at
-        ``k`` (``>= k``) gives the boundaries of level ``k``."""
-        out = np.full(self.superpixels.shape, -1, dtype=np.int8)
-        for s, lab in enumerate(self.label_maps()):
-            out[label_boundaries(lab)] = s
+        ``k`` (``>= k``) gives the boundaries of level ``k``. (A pixel is on a level's
+        boundary when its right or lower neighbour is in another segment.)"""
+        sp = self.superpixels
+        of = [self.segment_of(s) for s in range(self.num_levels)]
+        out = np.full(sp.shape, -1, dtype=np.int8)
+        # only pixels on a superpixel boundary can be on a coarser one: look up the
+        # pair of ids across each such edge in every level's table
+        for a, b, view in ((sp[:, :-1], sp[:, 1:], out[:, :-1]), (sp[:-1, :], sp[1:, :], out[:-1, :])):
+            edge = a != b
+            ia, ib = a[edge], b[edge]
+            lev = np.zeros(ia.size, dtype=np.int8)
+            for s in range(1, self.num_levels):
+                lev[of[s][ia] != of[s][ib]] = s
+            view[edge] = np.maximum(view[edge], lev)
         return out
 
     def to_ucm(self) -> np.ndarray:
@@ -312,3 +362,49 @@ def _level0_parents(full: np.ndarray, work: np.ndarray, level1: np.ndarray, n1: 
         best = order[first]
         parent0[pid[best]] = level1[pown[best]]
     return np.where(present, parent0, -1)
+
+
+@dataclass
+class SegmentTable:
+    """The segments of one level as arrays, sorted by id (:meth:`Hierarchy.segment_tables`).
+
+    Attributes:
+        level: the level.
+        ids: ``K`` segment ids.
+        area: ``K`` pixel counts.
+        bbox: ``K×4`` boxes ``[x, y, w, h]`` in pixels.
+        parent: ``K`` ids at ``level + 1``; None at the top level.
+        child_ids, child_ptr: the children (ids at ``level − 1``) of segment ``k`` are
+            ``child_ids[child_ptr[k]:child_ptr[k + 1]]``, ascending (none at level 0).
+        color: ``K×3`` uint8 mean RGB, or None (not asked for, or no image).
+    """
+
+    level: int
+    ids: np.ndarray
+    area: np.ndarray
+    bbox: np.ndarray
+    parent: np.ndarray | None
+    child_ids: np.ndarray
+    child_ptr: np.ndarray
+    color: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.ids.size)
+
+    def records(self, *, level_key: bool = True, color: bool = False) -> list[dict[str, Any]]:
+        """The records of :meth:`Hierarchy.segments` (``level_key=False`` drops ``level``;
+        ``color=True`` adds ``color`` when the table has colours)."""
+        ids, area, bbox = self.ids.tolist(), self.area.tolist(), self.bbox.tolist()
+        parent = self.parent.tolist() if self.parent is not None else [None] * len(ids)
+        kids, ptr = self.child_ids.tolist(), self.child_ptr.tolist()
+        cols = self.color.tolist() if color and self.color is not None else None
+        out = []
+        for k, sid in enumerate(ids):
+            rec: dict[str, Any] = {"id": sid}
+            if level_key:
+                rec["level"] = self.level
+            rec.update(area=area[k], bbox=bbox[k], parent=parent[k], children=kids[ptr[k]:ptr[k + 1]])
+            if cols is not None:
+                rec["color"] = cols[k]
+            out.append(rec)
+        return out

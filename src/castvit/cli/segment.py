@@ -213,6 +213,7 @@ class Job:
     n_segments: int | None = None
     error: str | None = None
     notes: list[str] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)  # segments per level
     seconds: float = 0.0
 
 
@@ -386,8 +387,12 @@ def _process(jobs: list[Job], *, predictor, args, out_dir: Path, model_info: dic
             reading.append(pool.submit(prepare, job, predictor=predictor, args=args))
 
     def write(job: Job, h, info: dict[str, Any]):
-        write_outputs(h, out_dir / job.name, info=info, outputs=outputs)
-        return viewer.entry(h, name=job.name, info=info) if viewer is not None else None
+        # one pass over the pixels gives every level's segment records, shared by
+        # hierarchy.json and the viewer
+        tables = h.segment_tables(colors=True)
+        job.counts = [len(t) for t in tables]
+        write_outputs(h, out_dir / job.name, info=info, outputs=outputs, tables=tables)
+        return viewer.entry(h, name=job.name, info=info, tables=tables) if viewer is not None else None
 
     def report(job: Job, h=None) -> None:
         bar.update(1)
@@ -395,7 +400,7 @@ def _process(jobs: list[Job], *, predictor, args, out_dir: Path, model_info: dic
             warn(f"error: {job.path}: {job.error}")
             statuses.append({"index": job.index, "source": str(job.path), "status": "failed", "error": job.error})
         else:
-            levels = "/".join(str(h.num_segments(s)) for s in range(h.num_levels))
+            levels = "/".join(map(str, job.counts))
             hh, ww = job.loaded.size
             say(f"{job.path} -> {out_dir / job.name}/  {ww}×{hh}, segments per level {levels}")
             for note in job.notes:

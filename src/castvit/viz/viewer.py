@@ -27,10 +27,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from castvit.hierarchy import Hierarchy
+from castvit.hierarchy import Hierarchy, SegmentTable
 from castvit.inference import resize_image, sample_labels
 from castvit.ops import json_default
 from castvit.viz.draw import overlay
+from castvit.viz.export import encode_png
 
 THUMB_SIDE = 160
 
@@ -48,8 +49,9 @@ def _display_size(h: int, w: int, max_side: int) -> tuple[int, int]:
 
 
 def viewer_entry(h: Hierarchy, *, name: str, info: dict[str, Any] | None = None,
-                 max_side: int = 1024) -> dict[str, Any]:
-    """The embedded record of one image (JSON-able)."""
+                 max_side: int = 1024, tables: list[SegmentTable] | None = None) -> dict[str, Any]:
+    """The embedded record of one image (JSON-able). ``tables``: ``h.segment_tables()``
+    if the caller has them already (``hierarchy.json`` is made from the same)."""
     from PIL import Image
 
     info = info or {}
@@ -64,11 +66,14 @@ def viewer_entry(h: Hierarchy, *, name: str, info: dict[str, Any] | None = None,
     ids[..., 0] = sp >> 8
     ids[..., 1] = sp & 255
     th, tw = _display_size(H, W, THUMB_SIDE)
+    if tables is None:
+        tables = h.segment_tables()
     levels = []
-    for s in range(h.num_levels):
-        segs = h.segments(s)
-        levels.append({"num_segments": len(segs),
-                       "segments": [[r["id"], r["area"], *r["bbox"], r["parent"]] for r in segs]})
+    for t in tables:
+        parent = t.parent.tolist() if t.parent is not None else [None] * len(t)
+        levels.append({"num_segments": len(t),
+                       "segments": [[i, a, *b, p] for i, a, b, p in zip(t.ids.tolist(), t.area.tolist(),
+                                                                         t.bbox.tolist(), parent)]})
     model = info.get("model") or {}
     return {
         "name": name,
@@ -82,7 +87,7 @@ def viewer_entry(h: Hierarchy, *, name: str, info: dict[str, Any] | None = None,
         "notes": list(info.get("notes", [])),
         "image": _data_url(Image.fromarray(shown), "JPEG", quality=88),
         "thumb": _data_url(Image.fromarray(resize_image(shown, th, tw)), "JPEG", quality=80),
-        "superpixels": _data_url(Image.fromarray(ids, "RGB"), "PNG", compress_level=6),
+        "superpixels": f"data:image/png;base64,{base64.b64encode(encode_png(ids)).decode('ascii')}",
         "parents": [np.asarray(p).astype(int).tolist() for p in h.parents],
         "levels": levels,
     }
@@ -128,10 +133,11 @@ class ViewerWriter:
         self._entries_path = Path(tmp)
         self._entries = os.fdopen(fd, "w", encoding="utf-8")
 
-    def entry(self, h: Hierarchy, *, name: str, info: dict[str, Any] | None = None) -> dict[str, Any]:
+    def entry(self, h: Hierarchy, *, name: str, info: dict[str, Any] | None = None,
+              tables: list[SegmentTable] | None = None) -> dict[str, Any]:
         """The record :meth:`add_entry` takes; the expensive part (picture encoding), safe
-        to compute in another thread."""
-        return viewer_entry(h, name=name, info=info, max_side=self.max_side)
+        to compute in another thread. ``tables``: ``h.segment_tables()`` if at hand."""
+        return viewer_entry(h, name=name, info=info, max_side=self.max_side, tables=tables)
 
     def add_entry(self, entry: dict[str, Any]) -> None:
         self.random_weights |= entry["random_weights"]
