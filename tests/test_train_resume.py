@@ -1,5 +1,7 @@
 """Exact resume: a run SIGKILLed in the middle of an epoch and resumed ends with the same
-weights, optimizer state and history as an uninterrupted run, bit for bit on CPU."""
+weights, optimizer state and history as an uninterrupted run, bit for bit on CPU; with the
+views finished in the loader workers and with the device path (``data.device_augment``:
+workers crop, the training process augments and cuts slic_torch superpixels)."""
 
 from __future__ import annotations
 
@@ -23,24 +25,30 @@ CHILD = textwrap.dedent("""
     from castvit.data.datasets import build_loader, synthetic_dataset
     from castvit.data.transforms import MoCoViews, SuperpixelConfig, TrainView
 
-    recipe, mode, out = sys.argv[1], sys.argv[2], sys.argv[3]
+    recipe, mode, out, path = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
     kill_after = 7  # global steps: epoch 1, step 3 of 4 (the last checkpoint is at step 2)
     grid = SuperpixelConfig(method="grid", n_segments=16)
+    if path == "device":
+        from castvit.data.device_augment import DeviceMoCoViews, DeviceTrainView
+        grid = SuperpixelConfig(method="slic_torch", n_segments=16)
+        device_view = {"supervised": DeviceTrainView, "moco": DeviceMoCoViews}[recipe]
+    else:
+        device_view = lambda view: view
     data = synthetic_dataset(16, seed=0, image_size=32, num_classes=4)
     torch.manual_seed(0)
     model = castvit.create_model("cast_small", img_size=32, embed_dim=48, depth=[1, 1, 1, 1], num_heads=4,
                                  num_clusters=[8, 4, 4, 2], num_classes=4, drop_path_rate=0.2)
     if recipe == "supervised":
         from castvit.train.supervised import SupervisedConfig, SupervisedRecipe as Recipe, train_supervised
-        loader = build_loader(data, TrainView(32, scale=(0.5, 1.0), superpixels=grid), batch_size=4, train=True,
-                              seed=0, num_workers=1, keep_keys=("label",))
+        view = device_view(TrainView(32, scale=(0.5, 1.0), jitter=0.4, erase_prob=0.5, superpixels=grid))
+        loader = build_loader(data, view, batch_size=4, train=True, seed=0, num_workers=1, keep_keys=("label",))
         cfg = SupervisedConfig(epochs=3, lr=1e-3, warmup_epochs=1, mixup_alpha=0.8, cutmix_alpha=1.0,
                                ema_decay=0.9, checkpoint_every_steps=2, log_every=1, num_workers=1)
         run = lambda: train_supervised(model, loader, cfg, out_dir=out, progress=False, resume=(mode == "resume"))
     else:
         from castvit.train.moco import MoCoConfig, MoCoRecipe as Recipe, train_moco
-        loader = build_loader(data, MoCoViews(32, scale=(0.5, 1.0), superpixels=grid), batch_size=4, train=True,
-                              seed=0, num_workers=1, keep_keys=("label",))
+        view = device_view(MoCoViews(32, scale=(0.5, 1.0), superpixels=grid))
+        loader = build_loader(data, view, batch_size=4, train=True, seed=0, num_workers=1, keep_keys=("label",))
         cfg = MoCoConfig(epochs=3, lr=1e-3, warmup_epochs=1, dim=16, mlp_dim=32, checkpoint_every_steps=2,
                          log_every=1, num_workers=1)
         run = lambda: train_moco(model, loader, cfg, out_dir=out, progress=False, resume=(mode == "resume"))
@@ -69,19 +77,20 @@ def step_records(path: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "epoch_time_s"} for r in records]
 
 
+@pytest.mark.parametrize("path", ["workers", "device"])
 @pytest.mark.parametrize("recipe", ["supervised", "moco"])
-def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run_bit_for_bit(tmp_path, recipe):
+def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run_bit_for_bit(tmp_path, recipe, path):
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     full, broken = tmp_path / "full", tmp_path / "broken"
 
-    done = run_child(script, recipe, "full", str(full))
+    done = run_child(script, recipe, "full", str(full), path)
     assert done.returncode == 0, done.stderr[-3000:]
-    killed = run_child(script, recipe, "kill", str(broken))
+    killed = run_child(script, recipe, "kill", str(broken), path)
     assert killed.returncode == -9, f"expected SIGKILL, got {killed.returncode}: {killed.stderr[-2000:]}"
     stopped = read_checkpoint(broken / "last.pth.tar")["castvit"]
     assert (stopped["epoch"], stopped["step"]) == (1, 2), "killed in the middle of epoch 1"
-    resumed = run_child(script, recipe, "resume", str(broken))
+    resumed = run_child(script, recipe, "resume", str(broken), path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     a, b = read_checkpoint(full / "last.pth.tar"), read_checkpoint(broken / "last.pth.tar")

@@ -24,6 +24,11 @@ knn_memory_size    ``train``) and how many of its images to use (default all)
 val_batch_size     per-process evaluation batch (default: the training one)
 repeated_aug       DeiT's repeated augmentation: copies of each drawn image
                    per epoch (3 in ``supervised_imagenet1k``; default 1, off)
+device_augment     true: loader workers only decode and crop (uint8); the rest
+                   of the training view (colour, blur, solarize, flip,
+                   normalisation, erasing) and its superpixels run batched on
+                   the training device (:mod:`castvit.data.device_augment`;
+                   ``superpixels.method: slic_torch`` cuts them there)
 =================  ==========================================================
 
 Keys that the chosen kind or recipe would not read (``train_size`` on an image folder,
@@ -91,6 +96,10 @@ def build_views(cfg: dict[str, Any]):
     train_view.superpixels = sp
     eval_view = make_dataclass(EvalView, {**(data.get("eval_view") or {}), "size": size}, "data.eval_view")
     eval_view.superpixels = eval_sp
+    if data.get("device_augment"):
+        from castvit.data.device_augment import DeviceMoCoViews, DeviceTrainView
+
+        train_view = DeviceMoCoViews(train_view) if cfg["recipe"] == "moco" else DeviceTrainView(train_view)
     return train_view, eval_view
 
 

@@ -38,7 +38,7 @@ RECIPES = ("moco", "supervised", "linear_probe", "segmentation")
 TOP_LEVEL = ("recipe", "output_dir", "device", "model", "data", "train")
 DATA_KEYS = ("kind", "train", "val", "classes", "image_size", "train_size", "val_size", "seed", "scene",
              "superpixels", "eval_superpixels", "train_view", "eval_view", "knn_memory", "knn_memory_size",
-             "val_batch_size", "repeated_aug")
+             "val_batch_size", "repeated_aug", "device_augment")
 # Keys that only mean something for some data kinds or recipes: anywhere else they would
 # be read by nobody, so a value there is refused rather than silently ignored.
 SYNTHETIC_ONLY = ("train_size", "val_size", "seed", "scene")
@@ -186,6 +186,7 @@ def resolve(cfg: dict[str, Any]) -> dict[str, Any]:
     train = make_dataclass(cls, cfg.get("train") or {}, "train")
     if train.batch_size is None:
         raise ConfigError("train.batch_size (the global batch over all processes) is required")
+    _check_device_path(recipe, data, model, train)
     cfg["train"] = dataclasses.asdict(train)
     return cfg
 
@@ -205,6 +206,33 @@ def _check_data(data: dict[str, Any], recipe: str, model: dict[str, Any]) -> Non
     if recipe == "moco" and model.get("num_classes") is not None:
         raise ConfigError("model.num_classes has no meaning for moco: the encoder's head becomes the projector "
                           "(its width is train.dim); set it in the linear probe's recipe")
+
+
+def _check_device_path(recipe: str, data: dict[str, Any], model: dict[str, Any], train: Any) -> None:
+    """``data.device_augment``, ``data.superpixels.method: slic_torch`` and
+    ``train.compile``: the combinations that cannot work, refused with the fix."""
+    device_augment = data.get("device_augment")
+    if device_augment not in (None, True, False):
+        raise ConfigError(f"data.device_augment must be true or false, got {device_augment!r}")
+    if recipe == "linear_probe":
+        if device_augment:
+            raise ConfigError("data.device_augment serves the moco, supervised and segmentation recipes; the linear "
+                              "probe's views stay in the loader workers: remove data.device_augment")
+        if train.compile:
+            raise ConfigError("train.compile serves the moco, supervised and segmentation recipes (the linear probe "
+                              "runs a frozen encoder): remove train.compile")
+        return
+    if not train.compile:
+        return
+    method = dict(data.get("superpixels") or {}).get("method", "seeds")
+    kwargs = dict(model.get("kwargs") or {})
+    given = kwargs.get("encoder_kwargs", {}).get("max_tokens") if recipe == "segmentation" else kwargs.get(
+        "max_tokens")
+    if method in ("seeds", "slic") and given is None:
+        where = "model.kwargs.encoder_kwargs.max_tokens" if recipe == "segmentation" else "model.kwargs.max_tokens"
+        raise ConfigError(f"train.compile needs a fixed token count, and data.superpixels.method {method!r} gives no "
+                          f"bound on the superpixels per image; set data.superpixels.method: slic_torch (at most "
+                          f"n_segments ids per image) or {where} (above the most superpixels an image gets)")
 
 
 def _refuse_set(section: dict[str, Any], keys: tuple[str, ...], where: str) -> None:

@@ -70,6 +70,13 @@ class LoopConfig:
         keep_epoch_checkpoints: keep ``checkpoint_%04d.pth.tar`` of every epoch.
         eval_every: evaluate every this many epochs (and after the last).
         tensorboard: also log to TensorBoard (needs the ``tensorboard`` package).
+        compile: run the training forward through
+            :func:`castvit.models.cast.compile_model` (``torch.compile``, one graph, the
+            static-shape ``max_tokens`` mode). ``max_tokens`` is the model's when it was
+            built with one, else the most superpixel ids the training view can give
+            (``slic_torch``: ``n_segments``, plus one for random erasing, doubled under
+            cutmix); SEEDS gives no such bound, so with SEEDS build the model with
+            ``max_tokens``. Not for the linear probe.
     """
 
     epochs: int = 1
@@ -84,6 +91,7 @@ class LoopConfig:
     keep_epoch_checkpoints: bool = False
     eval_every: int = 1
     tensorboard: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.amp_bf16 and self.amp_fp16:
@@ -277,6 +285,63 @@ def view_preprocessing(loader) -> dict[str, Any] | None:
             "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 
 
+def loader_view(loader):
+    """The view pipeline of a :func:`~castvit.data.datasets.build_loader` loader (None
+    for other loaders)."""
+    return getattr(getattr(loader, "dataset", None), "transform", None)
+
+
+def device_stage(loader):
+    """The device side of a loader whose view is split between workers and the training
+    device (:mod:`castvit.data.device_augment`): ``device_batch(batch, device)``, or
+    None for a view that the workers finish."""
+    return getattr(loader_view(loader), "device_batch", None)
+
+
+def token_bound(loader, *, mixing: bool = False) -> int | None:
+    """The most superpixel ids an image of ``loader``'s training batches can carry, or
+    None where the tokenizer gives no bound (SEEDS, SLIC): the view's bound, one more
+    with random erasing (the box's own id), twice that with cutmix (``mixing``: the
+    partner's ids are pasted in)."""
+    view = loader_view(loader)
+    superpixels, size = getattr(view, "superpixels", None), getattr(view, "size", None)
+    if superpixels is None or not isinstance(size, int):
+        return None
+    if hasattr(superpixels, "max_labels"):
+        bound = superpixels.max_labels(size, size)
+    elif getattr(superpixels, "method", None) == "slic_torch":  # segmentation's SegSuperpixels
+        bound = superpixels.count(size, size)
+    else:
+        return None
+    if bound is None:
+        return None
+    inner = getattr(view, "view", view)
+    if getattr(inner, "erase_prob", 0) > 0:
+        bound += 1
+    return 2 * bound if mixing else bound
+
+
+def compile_for_training(model: torch.nn.Module, loader, *, mixing: bool = False) -> torch.nn.Module:
+    """``cfg.compile``: :func:`castvit.models.cast.compile_model` of ``model`` (one graph)
+    with the ``max_tokens`` of :class:`LoopConfig`'s ``compile`` note; the returned module
+    shares ``model``'s parameters (checkpoints keep saving ``model``)."""
+    from castvit.models.cast import compile_model
+
+    target = getattr(model, "encoder", model)  # segmentation models: the encoder holds the tokens
+    max_tokens = getattr(target, "max_tokens", None) or token_bound(loader, mixing=mixing)
+    if max_tokens is None and hasattr(target, "max_tokens"):
+        raise ValueError("compile needs a fixed token count, and the training superpixels give no bound on theirs "
+                         "(SEEDS / SLIC); use the slic_torch tokenizer (at most n_segments ids per image) or build "
+                         "the model with max_tokens= (above the most superpixels an image gets)")
+    if target is not model:
+        # A segmentation model: the encoder in the static mode (one graph) and the model
+        # around it compiled whole. Its mask-transformer decoder asks whether any token
+        # is padded (``bool(valid.all())``), a graph break, hence no ``fullgraph`` here.
+        compile_model(target, max_tokens=max_tokens)
+        return torch.compile(model, fullgraph=False, dynamic=False)
+    return compile_model(model, max_tokens=max_tokens)
+
+
 def record_preprocessing(model: torch.nn.Module | None, loader) -> None:
     """Write the training loader's preprocessing into ``model.pretrained_cfg``, so the
     saved model says which superpixels and input size it was trained with."""
@@ -323,6 +388,9 @@ class _Loop:
         self.state = LoopState()
         self.sums: dict[str, torch.Tensor] = {}  # per-epoch metric sums of this rank
         self.writer: MetricsWriter | None = None
+        # Split views (data.device_augment): the device finishes each batch before the step.
+        self.device_stage = device_stage(loader)
+        self.device = getattr(recipe, "device", torch.device("cpu"))
 
     # ---------------------------------------------------------------- resume
     def restore(self, path: Path) -> None:
@@ -384,6 +452,8 @@ class _Loop:
     def step(self, batch: dict[str, Any], epoch: int, steps_per_epoch: int) -> dict[str, float]:
         s = self.state
         torch.manual_seed(step_seed(self.cfg.seed, self.rank, s.global_step))
+        if self.device_stage is not None:
+            batch = self.device_stage(batch, self.device)
         metrics, count, scalars = self.recipe.train_step(batch, epoch=epoch, step=s.step,
                                                          t=epoch + s.step / steps_per_epoch)
         loss = float(metrics["loss"])

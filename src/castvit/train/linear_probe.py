@@ -69,6 +69,9 @@ class LinearProbeRecipe(Recipe):
 
     def __init__(self, model: nn.Module, cfg: LinearProbeConfig, *, global_batch: int, device: torch.device,
                  val_loader=None):
+        if cfg.compile:
+            raise ValueError("compile serves the moco, supervised and segmentation recipes; the linear probe runs a "
+                             "frozen encoder: leave compile=False")
         self.cfg, self.device, self.val_loader = cfg, device, val_loader
         self.model = model.to(device)
         self.record_model = self.model

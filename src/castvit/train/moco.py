@@ -138,16 +138,27 @@ class MoCo(nn.Module):
         for p_b, p_m in zip(self.base_encoder.parameters(), self.momentum_encoder.parameters()):
             p_m.mul_(m).add_(p_b.detach(), alpha=1.0 - m)
 
+    def compile_encoders(self, train_loader=None) -> None:
+        """Run both encoders (projector included) compiled from now on
+        (:func:`~castvit.train.engine.compile_for_training`: one graph each, static
+        shapes); the modules and their state dicts stay as they are."""
+        from castvit.train.engine import compile_for_training
+
+        # Kept outside the module tree: the state dict must not gain `_orig_mod.` copies.
+        self.__dict__["_compiled"] = (compile_for_training(self.base_encoder, train_loader),
+                                      compile_for_training(self.momentum_encoder, train_loader))
+
     def forward(self, x1: torch.Tensor, s1: torch.Tensor, x2: torch.Tensor, s2: torch.Tensor, m: float
                 ) -> torch.Tensor:
         """Symmetric loss ``ctr(q1, k2) + ctr(q2, k1)`` of two views (images ``B×3×H×W``
         and their superpixels ``B×H×W``); updates the momentum encoder with ``m``."""
-        q1 = self.predictor(self.base_encoder(x1, s1))
-        q2 = self.predictor(self.base_encoder(x2, s2))
+        base, momentum = self.__dict__.get("_compiled") or (self.base_encoder, self.momentum_encoder)
+        q1 = self.predictor(base(x1, s1))
+        q2 = self.predictor(base(x2, s2))
         with torch.no_grad():
             self.update_momentum_encoder(m)
-            k1 = self.momentum_encoder(x1, s1)
-            k2 = self.momentum_encoder(x2, s2)
+            k1 = momentum(x1, s1)
+            k2 = momentum(x2, s2)
         return contrastive_loss(q1, k2, self.temperature) + contrastive_loss(q2, k1, self.temperature)
 
 
@@ -155,7 +166,7 @@ class MoCoRecipe(Recipe):
     name = "moco"
 
     def __init__(self, moco: MoCo, cfg: MoCoConfig, *, global_batch: int, device: torch.device,
-                 memory_loader=None, query_loader=None, arch: str | None = None):
+                 memory_loader=None, query_loader=None, arch: str | None = None, train_loader=None):
         self.cfg, self.device = cfg, device
         self.moco = moco.to(device)
         self.record_model = self.moco.base_encoder
@@ -163,6 +174,8 @@ class MoCoRecipe(Recipe):
         self.scaler = grad_scaler(device, enabled=cfg.amp_fp16)
         if cfg.sync_bn:
             self.moco = D.convert_sync_batchnorm(self.moco, device)
+        if cfg.compile:
+            self.moco.compile_encoders(train_loader)
         self.ddp = D.wrap_ddp(self.moco, device)
         # The authors' optimizer: AdamW over model.parameters() in one group (frozen ones
         # included; they get no gradient), weight decay on all, so their state lines up.
@@ -274,5 +287,5 @@ def train_moco(encoder: nn.Module | MoCo, train_loader, cfg: MoCoConfig, *, memo
     moco = encoder if isinstance(encoder, MoCo) else MoCo(encoder, cfg.dim, cfg.mlp_dim, cfg.temperature)
     record_preprocessing(moco.base_encoder, train_loader)
     recipe = MoCoRecipe(moco, cfg, global_batch=train_loader.batch_size * D.get_world_size(), device=device,
-                        memory_loader=memory_loader, query_loader=query_loader)
+                        memory_loader=memory_loader, query_loader=query_loader, train_loader=train_loader)
     return fit(recipe, train_loader, cfg, out_dir=out_dir, progress=progress, resume=resume, config=config)

@@ -39,6 +39,12 @@ eval               :class:`~castvit.eval.segmentation.InferenceConfig` fields
 (``num_classes``, ``encoder_kwargs``, ``decoder_kwargs``), ``pretrained``: the
 checkpoint the **encoder** starts from (any pre-training container castvit reads;
 loaded non-strictly), or null for random initialisation.
+
+``data.device_augment: true`` splits the view (:class:`~castvit.data.device_augment.
+DeviceSegView`): workers rescale, crop and flip; the photometric distortion, padding,
+superpixels (``superpixels.method: slic_torch`` on the device) and normalisation run
+batched on the training device. ``train.compile: true`` compiles the model (the
+encoder in the static ``max_tokens`` mode; ``slic_torch`` bounds the count).
 """
 
 from __future__ import annotations
@@ -54,12 +60,13 @@ import torch.nn.functional as F
 
 from castvit.data.segmentation import IGNORE_INDEX
 from castvit.train import distributed as D
-from castvit.train.engine import LoopConfig, Recipe, fit, to_plain
-from castvit.train.optim import autocast, load_optimizer_checked, set_lr
+from castvit.train.engine import LoopConfig, Recipe, compile_for_training, fit, loader_view, to_plain
+from castvit.train.optim import (amp_dtype, autocast, grad_scaler, load_optimizer_checked, load_scaler_state,
+                                 scaler_state, set_lr)
 
 DATA_KEYS = ("kind", "root", "train_split", "val_split", "train_size", "val_size", "seed", "target", "scene",
              "crop_size", "img_scale", "ratio_range", "cat_max_ratio", "flip_prob", "photometric", "superpixels",
-             "eval")
+             "eval", "device_augment")
 EVAL_EXTRA = ("mean_over", "max_images")
 
 
@@ -80,7 +87,6 @@ class SegmentationConfig(LoopConfig):
     """
 
     epochs: int = 64
-    batch_size: int = 8
     lr: float = 1e-3
     min_lr: float = 1e-5
     power: float = 0.9
@@ -122,12 +128,16 @@ class SegmentationRecipe(Recipe):
     name = "segmentation"
 
     def __init__(self, model: nn.Module, cfg: SegmentationConfig, *, steps_per_epoch: int, device: torch.device,
-                 val_set=None, eval_cfg=None, eval_options: dict[str, Any] | None = None):
+                 val_set=None, eval_cfg=None, eval_options: dict[str, Any] | None = None, train_loader=None):
         self.cfg, self.device, self.steps_per_epoch = cfg, device, steps_per_epoch
         self.model = model.to(device)
+        self.record_model = self.model
+        self.amp = amp_dtype(cfg)
+        self.scaler = grad_scaler(device, enabled=cfg.amp_fp16)
         if cfg.sync_bn:
             self.model = D.convert_sync_batchnorm(self.model, device)
-        self.ddp = D.wrap_ddp(self.model, device)
+        forward = compile_for_training(self.model, train_loader) if cfg.compile else self.model
+        self.ddp = D.wrap_ddp(forward, device)
         groups = self.model.param_groups(cfg.weight_decay, cfg.lr_mult, cfg.bias_weight_decay)
         self.optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
         self.val_set, self.eval_cfg = val_set, eval_cfg
@@ -150,7 +160,7 @@ class SegmentationRecipe(Recipe):
         target = batch["target"].to(self.device, non_blocking=True)
         self.lr = self.lr_at(t)
         set_lr(self.optimizer, self.lr)
-        with autocast(self.device, c.amp_bf16):
+        with autocast(self.device, self.amp):
             logits = self.ddp(images, sp)
         # Mean over the labelled pixels of the *global* batch: DDP averages gradients over
         # ranks, so each rank scales its sum by world / (labelled pixels on all ranks).
@@ -159,10 +169,12 @@ class SegmentationRecipe(Recipe):
         loss_sum = F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX, reduction="sum")
         loss = loss_sum * D.get_world_size() / max(total, 1.0)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()
         if c.grad_clip:
+            self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         valid = target != IGNORE_INDEX
         acc = (logits.detach().argmax(1)[valid] == target[valid]).float().mean() if valid.any() \
             else torch.zeros(())
@@ -179,29 +191,53 @@ class SegmentationRecipe(Recipe):
                                           max_images=opts.get("max_images"))
         return {"val_mIoU": result["mIoU"], "val_mAcc": result["mAcc"], "val_aAcc": result["aAcc"]}
 
-    # Segmenter's container: {model (encoder./decoder.), optimizer, lr_scheduler, epoch}
+    # Segmenter's container: {model (encoder./decoder.), optimizer, lr_scheduler, epoch}, plus
+    # the loss scaler; fit() adds castvit_model (the record_model's record, preprocessing included).
     def container(self, next_epoch: int) -> dict[str, Any]:
-        from castvit.models import model_record
-
-        out = {
+        return {
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": {"kind": "poly", "power": self.cfg.power, "base_lr": self.cfg.lr, "lr": self.lr},
             "epoch": next_epoch - 1,
+            "scaler": scaler_state(self.scaler),
             "args": to_plain(self.cfg),
         }
-        try:
-            out["castvit_model"] = model_record(self.model)
-        except ValueError:
-            pass
-        return out
 
     def load_container(self, ckpt: dict[str, Any]) -> int | None:
         from castvit.models.segmenter import load_segmentation_checkpoint
 
         load_segmentation_checkpoint(self.model, {"model": ckpt["model"]})
         load_optimizer_checked(self.optimizer, ckpt.get("optimizer"))
+        load_scaler_state(self.scaler, ckpt.get("scaler"))
         return int(ckpt["epoch"]) + 1 if "epoch" in ckpt else None
+
+
+def seg_view_preprocessing(loader) -> dict[str, Any] | None:
+    """What a segmentation training loader feeds the model, as ``pretrained_cfg``
+    entries (``input_size``: the crop; ``superpixels``: method, backend options and the
+    density; ``mean``, ``std``), or None for a loader without a castvit segmentation view."""
+    from castvit.ops import IMAGENET_MEAN, IMAGENET_STD
+
+    view = loader_view(loader)
+    view = getattr(view, "view", view)  # the device path's worker view wraps the CPU one
+    sp, crop = getattr(view, "superpixels", None), getattr(view, "crop_size", None)
+    if sp is None or not hasattr(sp, "pixels_per_superpixel") or not isinstance(crop, int):
+        return None
+    described: dict[str, Any] = {"method": sp.method}
+    if sp.method == "seeds":
+        described.update(num_levels=1, prior=2, histogram_bins=int(sp.histogram_bins),
+                         num_iterations=int(sp.num_iterations))
+    described["n_segments"] = int(sp.count(crop, crop))
+    if not sp.n_segments:
+        described["pixels_per_superpixel"] = int(sp.pixels_per_superpixel)
+    else:
+        described["pixels_per_superpixel"] = crop * crop / int(sp.n_segments)
+    if sp.scale != 1.0:
+        described["scale"] = float(sp.scale)
+    if sp.wrapped_input:
+        described["wrapped_input"] = True
+    return {"input_size": [crop, crop], "superpixels": described, "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD)}
 
 
 def train_segmentation(model: nn.Module, train_loader, cfg: SegmentationConfig, *, val_set=None, eval_cfg=None,
@@ -223,8 +259,11 @@ def train_segmentation(model: nn.Module, train_loader, cfg: SegmentationConfig, 
         The history (``train_loss``, ``train_pixel_acc``, ``lr``, ``val_mIoU`` …).
     """
     device = torch.device(device)
+    settings = seg_view_preprocessing(train_loader)
+    if settings is not None:  # the checkpoint's model record says how the model was trained
+        model.pretrained_cfg = {**(getattr(model, "pretrained_cfg", None) or {}), **settings}
     recipe = SegmentationRecipe(model, cfg, steps_per_epoch=len(train_loader), device=device, val_set=val_set,
-                                eval_cfg=eval_cfg, eval_options=eval_options)
+                                eval_cfg=eval_cfg, eval_options=eval_options, train_loader=train_loader)
     return fit(recipe, train_loader, cfg, out_dir=out_dir, progress=progress, resume=resume, config=config)
 
 
@@ -252,6 +291,19 @@ def check_data(data: dict[str, Any]) -> None:
                          f"got {data.get('kind')!r}")
     allowed = [f.name for f in dataclasses.fields(InferenceConfig)] + list(EVAL_EXTRA)
     _check_keys("data.eval", dict(data.get("eval") or {}), allowed)
+    from castvit.data.segmentation import SegSuperpixels
+    from castvit.data.transforms import SUPERPIXEL_METHODS
+
+    sp = dict(data.get("superpixels") or {})
+    _check_keys("data.superpixels", sp, [f.name for f in dataclasses.fields(SegSuperpixels)])
+    if sp.get("method", "seeds") not in SUPERPIXEL_METHODS:
+        raise ValueError(f"data.superpixels.method must be one of {', '.join(SUPERPIXEL_METHODS)}, "
+                         f"got {sp['method']!r}")
+    if data.get("device_augment") not in (None, True, False):
+        raise ValueError(f"data.device_augment must be true or false, got {data['device_augment']!r}")
+    if data.get("device_augment") and "crop_size" in data and data["crop_size"] is None:
+        raise ValueError("data.device_augment pads every crop to data.crop_size so that a batch stacks on the "
+                         "device; set data.crop_size (or data.device_augment: false)")
 
 
 def eval_settings(data: dict[str, Any]):
@@ -281,6 +333,10 @@ def build_segmentation_loader(cfg: dict[str, Any], train_set, per_process: int, 
     from castvit.data.segmentation import SegViewDataset, seg_view_from_config
 
     view = seg_view_from_config(cfg["data"])
+    if cfg["data"].get("device_augment"):
+        from castvit.data.device_augment import DeviceSegView
+
+        view = DeviceSegView(view)
     return build_loader(SegViewDataset(train_set, view, seed=seed), batch_size=per_process, train=True, seed=seed,
                         num_workers=workers)
 

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 
 from castvit.data.transforms import MixConfig, mix_batch, one_hot_smooth
 from castvit.train import distributed as D
-from castvit.train.engine import LoopConfig, Recipe, fit, record_preprocessing, step_seed, to_plain
+from castvit.train.engine import (LoopConfig, Recipe, compile_for_training, fit, record_preprocessing, step_seed,
+                                  to_plain)
 from castvit.train.optim import (ModelEma, amp_dtype, autocast, grad_scaler, load_optimizer_checked,
                                  load_scaler_state, param_groups, scaler_state, set_lr)
 from castvit.train.schedules import cosine_lr, deit_epoch_lr, scaled_lr
@@ -166,7 +167,7 @@ class SupervisedRecipe(Recipe):
     name = "supervised"
 
     def __init__(self, model: nn.Module, cfg: SupervisedConfig, *, global_batch: int, device: torch.device,
-                 val_loader=None):
+                 val_loader=None, train_loader=None):
         check_drop_path(model, cfg.drop_path)
         self.cfg, self.device, self.val_loader = cfg, device, val_loader
         self.model = model.to(device)
@@ -175,7 +176,11 @@ class SupervisedRecipe(Recipe):
         self.scaler = grad_scaler(device, enabled=cfg.amp_fp16)
         if cfg.sync_bn:
             self.model = D.convert_sync_batchnorm(self.model, device)
-        self.ddp = D.wrap_ddp(self.model, device)
+        forward = self.model
+        if cfg.compile:  # the token bound comes from the training view (cutmix pastes a partner's ids)
+            mixing = cfg.cutmix_alpha > 0 and cfg.mix_prob > 0
+            forward = compile_for_training(self.model, train_loader, mixing=mixing)
+        self.ddp = D.wrap_ddp(forward, device)
         self.num_classes = _num_classes(model)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
                                            betas=tuple(cfg.betas))
@@ -285,5 +290,6 @@ def train_supervised(model: nn.Module, train_loader, cfg: SupervisedConfig, *, v
     device = torch.device(device)
     global_batch = train_loader.batch_size * D.get_world_size()
     record_preprocessing(model, train_loader)
-    recipe = SupervisedRecipe(model, cfg, global_batch=global_batch, device=device, val_loader=val_loader)
+    recipe = SupervisedRecipe(model, cfg, global_batch=global_batch, device=device, val_loader=val_loader,
+                              train_loader=train_loader)
     return fit(recipe, train_loader, cfg, out_dir=out_dir, progress=progress, resume=resume, config=config)
