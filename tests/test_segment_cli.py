@@ -291,6 +291,33 @@ def test_contour_map_holds_the_coarsest_level_of_each_boundary_pixel():
     assert np.array_equal(h.boundary_map(), expected)
 
 
+def test_model_threads_default_to_half_the_cpus_and_are_restored(photos, tmp_path, monkeypatch):
+    import os
+
+    import torch
+
+    from castvit.cli.segment import model_threads
+    from castvit.inference import HierarchyPredictor
+
+    assert [model_threads(n) for n in (1, 2, 3, 16)] == [1, 1, 1, 8]
+    seen = []
+    run_prepared = HierarchyPredictor.run_prepared
+
+    def spy(self, items):
+        seen.append(torch.get_num_threads())
+        return run_prepared(self, items)
+
+    monkeypatch.setattr(HierarchyPredictor, "run_prepared", spy)
+    before = torch.get_num_threads()
+    folder, _ = photos
+    for extra, want in (([], model_threads(os.cpu_count() or 1)), (["--threads", "3"], 3)):
+        seen.clear()
+        code, _, err = run_cli(folder / "coffee.png", "--out", tmp_path, "--no-viewer", "-q", *extra, *FAST)
+        assert code == 0, err
+        assert seen == [want]
+        assert torch.get_num_threads() == before
+
+
 def test_size_zero_runs_the_model_at_the_native_resolution(photos, tmp_path):
     folder, _ = photos
     code, _, err = run_cli(folder / "chelsea.png", "--out", tmp_path, "--size", "0", "--no-viewer", *FAST)
