@@ -227,3 +227,19 @@ def test_train_compile_puts_the_model_in_the_static_mode_with_the_view_s_token_b
     assert isinstance(compiled, torch._dynamo.eval_frame.OptimizedModule)
     assert static.max_tokens == bound
     assert not isinstance(r.record_model, torch._dynamo.eval_frame.OptimizedModule)
+
+
+def test_the_token_bound_of_the_cpu_segmentation_view(tmp_path):
+    """Without the device path too: slic_torch's count of the crop, the grid's cells."""
+    from castvit.data.datasets import build_loader
+    from castvit.data.segmentation import SegSuperpixels, SegTrainView, SegViewDataset, SyntheticSegmentation
+    from castvit.train.engine import token_bound
+
+    def bound(sp):
+        view = SegTrainView(crop_size=64, superpixels=sp)
+        data = SegViewDataset(SyntheticSegmentation(4, image_size=64), view)
+        return token_bound(build_loader(data, batch_size=2, train=True))
+
+    assert bound(SegSuperpixels(method="slic_torch", pixels_per_superpixel=64)) == 64
+    assert bound(SegSuperpixels(method="grid", n_segments=24)) == 25  # 5×5 cells of 13 px (the last one cut)
+    assert bound(SegSuperpixels()) is None  # SEEDS: no bound

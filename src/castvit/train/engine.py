@@ -304,13 +304,18 @@ def token_bound(loader, *, mixing: bool = False) -> int | None:
     with random erasing (the box's own id), twice that with cutmix (``mixing``: the
     partner's ids are pasted in)."""
     view = loader_view(loader)
-    superpixels, size = getattr(view, "superpixels", None), getattr(view, "size", None)
+    superpixels = getattr(view, "superpixels", None)
+    size = getattr(view, "size", None) or getattr(view, "crop_size", None)
     if superpixels is None or not isinstance(size, int):
         return None
     if hasattr(superpixels, "max_labels"):
         bound = superpixels.max_labels(size, size)
-    elif getattr(superpixels, "method", None) == "slic_torch":  # segmentation's SegSuperpixels
-        bound = superpixels.count(size, size)
+    elif hasattr(superpixels, "count"):  # segmentation's SegSuperpixels: the count of the (padded) crop
+        from castvit.data.transforms import SuperpixelConfig
+
+        side = size if superpixels.scale == 1.0 else max(8, int(round(size * superpixels.scale)))
+        bound = SuperpixelConfig(method=superpixels.method,
+                                 n_segments=superpixels.count(size, size)).max_labels(side, side)
     else:
         return None
     if bound is None:
