@@ -7,14 +7,21 @@ Measured in one run, interleaved round by round, on the same images:
 
 * ``model``: the model's forward pass alone, at the working size the command uses
   (224² area), on inputs prepared beforehand (decoded, resized, superpixels computed),
-  batched as the command batches (``--batch-size``);
+  batched as the command batches (``--batch-size``), with torch on every core and with
+  the threads the command gives it (half the cores); the faster of the two is the
+  reference of the targets (on a busy machine torch's threads wait for each other);
 * ``default``: ``castvit segment`` with its default outputs (labels, JSON, contours, viewer);
 * ``labels_json``: ``castvit segment --outputs labels,json --no-viewer``;
 * ``all``: every output (overlays and npz too) and the viewer.
 
 End to end includes decoding, superpixels, the model, hierarchy building and writing
-(the Python imports are done before the clock starts). Prints a table and writes JSON
-to ``bench/results/segment_throughput.json``.
+(the Python imports are done before the clock starts).
+
+Throughput depends on what else the machine runs, so the script also measures every
+step's **CPU time per image** on one thread (``time.thread_time``, which other processes
+barely move) and prints what those costs allow on this many cores: end to end cannot
+beat ``cores / Σ core-ms``. The load average is recorded before and after each
+measurement. Prints tables and writes JSON to ``bench/results/segment_throughput.json``.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
+import os
 import shutil
 import sys
 import tempfile
@@ -42,8 +51,11 @@ MODES = {
 }
 
 
-def model_only(paths: list[Path], model, batch_size: int) -> float:
-    """img/s of the forward pass alone on prepared inputs."""
+def load() -> float:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
+def prepared_batches(paths: list[Path], model, batch_size: int) -> tuple[list, int]:
     from castvit.inference import HierarchyPredictor
     from castvit.ops import normalize_images
     from castvit.viz.images import read_image
@@ -59,31 +71,91 @@ def model_only(paths: list[Path], model, batch_size: int) -> float:
             chunk = items[i:i + batch_size]
             batches.append((normalize_images(np.stack([c.work_image for c in chunk])),
                             torch.from_numpy(np.stack([c.work_sp for c in chunk]))))
+    return batches, len(prepared)
+
+
+def model_only(batches: list, count: int, model, threads: int) -> float:
+    """img/s of the forward pass alone on prepared inputs, with ``threads`` torch threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
     model.eval()
-    with torch.inference_mode():
-        model.forward_features(*batches[0])  # warm-up
-        t0 = time.perf_counter()
-        for x, sp in batches:
-            model.forward_features(x, sp)
-        return len(prepared) / (time.perf_counter() - t0)
+    try:
+        with torch.inference_mode():
+            model.forward_features(*batches[0])  # warm-up
+            t0 = time.perf_counter()
+            for x, sp in batches:
+                model.forward_features(x, sp)
+            return count / (time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(before)
 
 
-def end_to_end(paths: list[Path], extra: list[str], checkpoint: Path, batch_size: int) -> tuple[float, int]:
-    """(img/s, bytes written) of ``castvit segment`` on ``paths``."""
+def step_costs(paths: list[Path], model, batch_size: int) -> dict[str, float]:
+    """CPU ms per image of each step of ``castvit segment``, one thread, this thread's clock."""
+    from castvit.inference import HierarchyPredictor
+    from castvit.viz import export, viewer
+    from castvit.viz.images import read_image
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    clock = time.thread_time
+    cost: dict[str, float] = {}
+
+    def timed(key: str, fn, *a, **kw):
+        t0 = clock()
+        out = fn(*a, **kw)
+        cost[key] = cost.get(key, 0.0) + clock() - t0
+        return out
+
+    try:
+        predictor = HierarchyPredictor(model, num_workers=0)
+        loaded = [timed("decode", read_image, p) for p in paths]
+        prepared = [timed("resize + superpixels", predictor.prepare, im.rgb) for im in loaded]
+        hs = []
+        with torch.inference_mode():
+            predictor.run_prepared(prepared[:batch_size])  # warm-up
+            for i in range(0, len(prepared), batch_size):
+                hs += timed("model forward + hierarchy", predictor.run_prepared, prepared[i:i + batch_size])
+        out = Path(tempfile.mkdtemp(prefix="castvit-bench-steps-"))
+        try:
+            info = {"name": "x", "source": "x", "notes": [], "model": {"name": "bench", "random_weights": True}}
+            for k, h in enumerate(hs):
+                d = out / str(k)
+                d.mkdir()
+                tables = timed("segment records (all levels)", h.segment_tables, colors=True)
+                record = timed("hierarchy.json", lambda: export.hierarchy_record(h, info=info, tables=tables))
+                timed("hierarchy.json", lambda: (d / "hierarchy.json").write_text(
+                    json.dumps(record, default=export.json_default, separators=(",", ":"))))
+                timed("label PNGs (5 levels)", lambda: [export.write_label_png(d / f"l{s}.png", m)
+                                                        for s, m in enumerate(h.label_maps())])
+                timed("contours.png", lambda: export.write_png(d / "contours.png",
+                                                               export.contour_image(h.boundary_map(), h.num_levels)))
+                timed("viewer entry", lambda: viewer._entry_script(viewer.viewer_entry(h, name="x", info=info,
+                                                                                        tables=tables)))
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+    finally:
+        torch.set_num_threads(before)
+    return {k: 1000 * v / len(paths) for k, v in cost.items()}
+
+
+def end_to_end(paths: list[Path], extra: list[str], checkpoint: Path, batch_size: int
+               ) -> tuple[float, int, float]:
+    """(img/s, bytes written, CPU ms of this process per image) of ``castvit segment`` on ``paths``."""
     from castvit.cli import main
 
     out = Path(tempfile.mkdtemp(prefix="castvit-bench-"))
     try:
         argv = ["segment", *map(str, paths), "--out", str(out), "--checkpoint", str(checkpoint), "-q",
                 "--batch-size", str(batch_size), *extra]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with contextlib.redirect_stderr(io.StringIO()):
             code = main(argv)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         if code != 0:
             raise RuntimeError(f"castvit segment exited {code}")
         size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-        return len(paths) / seconds, size
+        return len(paths) / seconds, size, 1000 * cpu / len(paths)
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
@@ -95,40 +167,75 @@ def main() -> None:
     parser.add_argument("--model", default="cast_small")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=1, help="interleaved repetitions; the best of each is kept")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of the model-only reference (default: all cores)")
+    parser.add_argument("--step-images", type=int, default=40,
+                        help="images for the per-step CPU costs (default 40; 0 = skip)")
     parser.add_argument("--out", default=None, help="JSON path (default bench/results/segment_throughput.json)")
     args = parser.parse_args()
     set_threads(args.threads, "cpu")
 
     import castvit
+    from castvit.cli.segment import model_threads
 
     paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in (".jpg", ".png"))[:args.limit]
     if not paths:
         raise SystemExit(f"no images in {args.images}")
+    cores = os.cpu_count() or 1
+    ref_threads, cli_threads = torch.get_num_threads(), model_threads(cores)
     torch.manual_seed(0)
     model = castvit.create_model(args.model)
     tmp = Path(tempfile.mkdtemp(prefix="castvit-bench-ckpt-"))
     checkpoint = castvit.save_pretrained(model, tmp / "model.safetensors")
-    results: dict[str, list[float]] = {"model": [], **{m: [] for m in MODES}}
+    batches, count = prepared_batches(paths, model, args.batch_size)
+    model_keys = {"model": ref_threads, **({"model_cli_threads": cli_threads} if cli_threads != ref_threads else {})}
+    results: dict[str, list[float]] = {**{k: [] for k in model_keys}, **{m: [] for m in MODES}}
+    loads: dict[str, list[float]] = {k: [] for k in results}
     sizes: dict[str, int] = {}
+    cpu_ms: dict[str, float] = {}
     for r in range(args.rounds):
-        results["model"].append(model_only(paths, model, args.batch_size))
+        for key, threads in model_keys.items():
+            start = load()
+            results[key].append(model_only(batches, count, model, threads))
+            loads[key] += [start, load()]
         for mode, extra in MODES.items():
-            rate, size = end_to_end(paths, extra, checkpoint, args.batch_size)
+            start = load()
+            rate, size, cpu = end_to_end(paths, extra, checkpoint, args.batch_size)
+            loads[mode] += [start, load()]
             results[mode].append(rate)
             sizes[mode] = size
+            cpu_ms[mode] = min(cpu, cpu_ms.get(mode, cpu))
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1]:.1f} img/s" for k, v in results.items()),
               flush=True)
     best = {k: max(v) for k, v in results.items()}
-    rows = [{"mode": "model only", "img_s": best["model"], "share": 1.0, "mb": None}]
+    # the reference is the model's best figure: on an idle machine torch on every core; on
+    # a busy one its threads wait for each other and one thread can be faster
+    reference = max(best[k] for k in model_keys)
+    rows = [{"mode": f"model only, {t} torch thread(s)", "img_s": best[k], "share": best[k] / reference,
+             "load": max(loads[k])} for k, t in model_keys.items()]
     for mode in MODES:
-        rows.append({"mode": f"segment ({mode})", "img_s": best[mode], "share": best[mode] / best["model"],
-                     "mb": sizes[mode] / 1e6})
+        rows.append({"mode": f"segment ({mode})", "img_s": best[mode], "share": best[mode] / reference,
+                     "mb": sizes[mode] / 1e6, "cpu": cpu_ms[mode], "load": max(loads[mode])})
     print_table(rows, [("mode", "what", "s"), ("img_s", "img/s", ".1f"), ("share", "of model-only", ".0%"),
-                       ("mb", "MB written", ".1f")])
+                       ("mb", "MB written", ".1f"), ("cpu", "CPU ms/img", ".0f"), ("load", "load avg (max)", ".1f")])
+    steps: dict[str, float] = {}
+    bounds: dict[str, float] = {}
+    if args.step_images:
+        steps = step_costs(paths[:args.step_images], model, args.batch_size)
+        print(f"\nCPU time per image, one thread ({min(args.step_images, len(paths))} images):")
+        print_table([{"step": k, "ms": v} for k, v in steps.items()], [("step", "step", "s"), ("ms", "core-ms", ".1f")])
+        common = sum(v for k, v in steps.items() if k not in ("contours.png", "viewer entry"))
+        per_mode = {"labels_json": common, "default": common + steps["contours.png"] + steps["viewer entry"]}
+        for mode, total in per_mode.items():
+            bounds[mode] = 1000 * cores / total
+            print(f"{mode}: {total:.0f} core-ms per image on {cores} cores -> at most {bounds[mode]:.1f} img/s "
+                  f"= {bounds[mode] / reference:.0%} of model-only ({reference:.1f} img/s)")
     payload = {"images": str(args.images), "count": len(paths), "model": args.model, "batch_size": args.batch_size,
-               "rounds": args.rounds, "img_per_s": results, "best": best, "bytes_written": sizes,
-               "share_of_model_only": {m: best[m] / best["model"] for m in MODES},
+               "rounds": args.rounds, "torch_threads": {"model_only": ref_threads, "segment": cli_threads},
+               "img_per_s": results, "best": best, "bytes_written": sizes, "cpu_ms_per_image": cpu_ms,
+               "load_average": loads, "model_only_reference": reference,
+               "share_of_model_only": {m: best[m] / reference for m in MODES},
+               "step_core_ms": steps, "bound_img_per_s": bounds,
                "targets": {"default": 0.5, "labels_json": 0.8}, "machine": machine_info("cpu")}
     print(f"wrote {write_json('segment_throughput', payload, args.out)}")
     shutil.rmtree(tmp, ignore_errors=True)
