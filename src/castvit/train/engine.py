@@ -333,8 +333,10 @@ def compile_for_training(model: torch.nn.Module, loader, *, mixing: bool = False
     from castvit.models.cast import compile_model
 
     target = getattr(model, "encoder", model)  # segmentation models: the encoder holds the tokens
-    max_tokens = getattr(target, "max_tokens", None) or token_bound(loader, mixing=mixing)
-    if max_tokens is None and hasattr(target, "max_tokens"):
+    if not hasattr(target, "max_tokens"):  # no superpixel tokens (a ViT): nothing to make static
+        return compile_model(model)
+    max_tokens = target.max_tokens or token_bound(loader, mixing=mixing)
+    if max_tokens is None:
         raise ValueError("compile needs a fixed token count, and the training superpixels give no bound on theirs "
                          "(SEEDS / SLIC); use the slic_torch tokenizer (at most n_segments ids per image) or build "
                          "the model with max_tokens= (above the most superpixels an image gets)")
