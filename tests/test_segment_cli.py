@@ -296,10 +296,11 @@ def test_model_threads_default_to_half_the_cpus_and_are_restored(photos, tmp_pat
 
     import torch
 
-    from castvit.cli.segment import model_threads
+    from castvit.cli.segment import model_streams, model_threads
     from castvit.inference import HierarchyPredictor
 
     assert [model_threads(n) for n in (1, 2, 3, 16)] == [1, 1, 1, 8]
+    assert model_streams(HierarchyPredictor(torch.nn.Linear(2, 2))) == 2  # on a CPU, two batches at once
     seen = []
     run_prepared = HierarchyPredictor.run_prepared
 

@@ -3,8 +3,9 @@ maps, JSON, npz and an interactive viewer.
 
     castvit segment photos/ extra.jpg 'shots/**/*.png' --out segs/ --checkpoint cast_small.pth
 
-Per image (``DIR/<name>/``, see :mod:`castvit.viz.export`): an overlay and a 16-bit
-label PNG per level, ``contours.png``, ``hierarchy.json`` and ``hierarchy.npz``.
+Per image (``DIR/<name>/``, see :mod:`castvit.viz.export`): a 16-bit label PNG per
+level, ``contours.png`` and ``hierarchy.json`` (overlays and ``hierarchy.npz`` with
+``--outputs``).
 For the run: ``DIR/viewer.html`` (self-contained; open it in a browser) and
 ``DIR/index.json`` (every input, with its status).
 
@@ -103,9 +104,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=_positive_int, default=None, metavar="N",
                         help="threads for reading, superpixels and writing (default: min(4, CPUs))")
     parser.add_argument("--threads", type=_positive_int, default=None, metavar="N",
-                        help="torch threads for the model on a CPU (default: half the CPUs, at least 1, so "
-                             "that reading, superpixels and writing run beside the model instead of "
-                             "competing with it)")
+                        help="torch threads of each forward pass on a CPU, where two batches run at once "
+                             "(default: half the CPUs, at least 1)")
     parser.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda, cuda:1 …")
     parser.add_argument("--recursive", "-r", action="store_true", help="also take images in sub-folders")
     parser.add_argument("--outputs", type=_outputs, default=DEFAULT_OUTPUTS, metavar="LIST",
@@ -275,11 +275,21 @@ def segment_jobs(jobs: list[Job], *, predictor) -> list:
 
 # ------------------------------------------------------------------ main
 def model_threads(cpus: int) -> int:
-    """Default torch threads for the model on a CPU: half the cores. Per image the
-    model and the rest (decoding, SEEDS, writing) cost about the same CPU time, so
-    each gets half the machine; giving torch every core would make its threads and the
-    workers' fight over them."""
+    """Default torch threads per forward pass on a CPU: half the cores, as two batches
+    run at once (:func:`model_streams`). Torch's threads wait for each other at every
+    operation, so a pass spread over all the cores stalls whenever a worker (SEEDS, a
+    writer) holds one of them; on a busy 2-core machine the model alone ran 8× slower
+    with 2 threads than with 1."""
     return max(1, cpus // 2)
+
+
+def model_streams(predictor) -> int:
+    """Batches in the model at once: 2 on a CPU, 1 on a GPU. On a CPU each forward pass
+    then runs on its own share of the cores with few torch threads, and the operating
+    system gives the cores to whatever is ready (a forward pass, SEEDS, a writer),
+    instead of one pass's threads waiting for cores taken by the workers."""
+    param = next(predictor.model.parameters(), None)
+    return 2 if param is None or param.device.type == "cpu" else 1
 
 
 def run(args: argparse.Namespace) -> int:
@@ -380,18 +390,19 @@ def run(args: argparse.Namespace) -> int:
 
 def _process(jobs: list[Job], *, predictor, args, out_dir: Path, model_info: dict[str, Any],
              viewer, statuses: list[dict[str, Any]], bar, say, warn) -> None:
-    """A pipeline in which the model is the bottleneck: worker threads read images and
-    compute superpixels up to three batches ahead; the main thread runs the model a
-    batch at a time; other threads write the outputs (and encode the viewer's
-    pictures) while the next batch runs. Results are reported as they finish; the
-    index lists them in input order."""
+    """A pipeline that keeps every core busy: worker threads read images and compute
+    superpixels ahead of the model; on a CPU two batches run through the model at once,
+    each in its own thread with half the cores' torch threads (:func:`model_streams`);
+    other threads write the outputs (and encode the viewer's pictures) meanwhile.
+    Results are reported as they finish; the index lists them in input order."""
     import torch
 
     from castvit.viz.export import write_outputs
 
     outputs = set(args.outputs)
     workers = args.workers or min(4, os.cpu_count() or 1)
-    window = args.batch_size * 3
+    streams = model_streams(predictor)
+    window = args.batch_size * (streams + 2)
     todo = iter(jobs)
     reading: deque = deque()
     writing: deque = deque()
@@ -437,27 +448,41 @@ def _process(jobs: list[Job], *, predictor, args, out_dir: Path, model_info: dic
                 job.error = f"cannot write outputs: {type(exc).__name__}: {exc}"
             report(job, h)
 
+    def forward(good: list[Job]) -> list:
+        with torch.inference_mode():  # thread-local: entered in the thread that runs the model
+            return segment_jobs(good, predictor=predictor)
+
+    def written(good: list[Job], hs: list) -> None:
+        for j, h in zip(good, hs):
+            if h is None:
+                report(j)
+                continue
+            info = {"name": j.name, "source": str(j.path.resolve()), "original_size": list(j.loaded.original_size),
+                    "notes": j.notes, "model": model_info,
+                    "superpixels": {"method": predictor.method, "n_segments": j.n_segments,
+                                    "count": j.prepared.n_superpixels}}
+            writing.append((j, h, write_pool.submit(write, j, h, info)))
+
+    running: deque = deque()  # (jobs, future of their hierarchies), in input order
     with ThreadPoolExecutor(max_workers=workers) as read_pool, \
-            ThreadPoolExecutor(max_workers=max(1, workers // 2)) as write_pool, torch.inference_mode():
+            ThreadPoolExecutor(max_workers=max(1, workers // 2)) as write_pool, \
+            ThreadPoolExecutor(max_workers=streams) as model_pool:
         fill(read_pool)
-        while reading:
-            batch = []
-            while reading and len(batch) < args.batch_size:
-                batch.append(reading.popleft().result())
-            fill(read_pool)
-            good = [j for j in batch if j.error is None]
-            for j in batch:
-                if j.error is not None:
-                    report(j)
-            for j, h in zip(good, segment_jobs(good, predictor=predictor) if good else []):
-                if h is None:
-                    report(j)
-                    continue
-                info = {"name": j.name, "source": str(j.path.resolve()), "original_size": list(j.loaded.original_size),
-                        "notes": j.notes, "model": model_info,
-                        "superpixels": {"method": predictor.method, "n_segments": j.n_segments,
-                                        "count": j.prepared.n_superpixels}}
-                writing.append((j, h, write_pool.submit(write, j, h, info)))
+        while reading or running:
+            while reading and len(running) < streams:
+                batch = []
+                while reading and len(batch) < args.batch_size:
+                    batch.append(reading.popleft().result())
+                fill(read_pool)
+                for j in batch:
+                    if j.error is not None:
+                        report(j)
+                good = [j for j in batch if j.error is None]
+                if good:
+                    running.append((good, model_pool.submit(forward, good)))
+            if running:
+                good, fut = running.popleft()
+                written(good, fut.result())
             finish_writes(keep=2 * args.batch_size)
         finish_writes(keep=0)
     statuses.sort(key=lambda r: r["index"])
