@@ -176,12 +176,12 @@ def main() -> None:
     set_threads(args.threads, "cpu")
 
     import castvit
-    from castvit.cli.segment import model_threads
+    from castvit.cli.segment import model_threads, usable_cpus
 
     paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in (".jpg", ".png"))[:args.limit]
     if not paths:
         raise SystemExit(f"no images in {args.images}")
-    cores = os.cpu_count() or 1
+    cores = usable_cpus()
     ref_threads, cli_threads = torch.get_num_threads(), model_threads(cores)
     torch.manual_seed(0)
     model = castvit.create_model(args.model)

@@ -292,11 +292,9 @@ def test_contour_map_holds_the_coarsest_level_of_each_boundary_pixel():
 
 
 def test_model_threads_default_to_half_the_cpus_and_are_restored(photos, tmp_path, monkeypatch):
-    import os
-
     import torch
 
-    from castvit.cli.segment import model_streams, model_threads
+    from castvit.cli.segment import model_streams, model_threads, usable_cpus
     from castvit.inference import HierarchyPredictor
 
     assert [model_threads(n) for n in (1, 2, 3, 16)] == [1, 1, 1, 8]
@@ -311,7 +309,7 @@ def test_model_threads_default_to_half_the_cpus_and_are_restored(photos, tmp_pat
     monkeypatch.setattr(HierarchyPredictor, "run_prepared", spy)
     before = torch.get_num_threads()
     folder, _ = photos
-    for extra, want in (([], model_threads(os.cpu_count() or 1)), (["--threads", "3"], 3)):
+    for extra, want in (([], model_threads(usable_cpus())), (["--threads", "3"], 3)):
         seen.clear()
         code, _, err = run_cli(folder / "coffee.png", "--out", tmp_path, "--no-viewer", "-q", *extra, *FAST)
         assert code == 0, err

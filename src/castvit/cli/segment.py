@@ -102,7 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=_positive_int, default=4, metavar="N",
                         help="images per forward pass (default: 4)")
     parser.add_argument("--workers", type=_positive_int, default=None, metavar="N",
-                        help="threads for reading, superpixels and writing (default: min(4, CPUs))")
+                        help="threads for reading, superpixels and writing (default: min(4, usable CPUs))")
     parser.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                         help="torch threads of each forward pass on a CPU, where two batches run at once "
                              "(default: half the CPUs, at least 1)")
@@ -274,6 +274,13 @@ def segment_jobs(jobs: list[Job], *, predictor) -> list:
 
 
 # ------------------------------------------------------------------ main
+def usable_cpus() -> int:
+    """CPUs this process may run on (``taskset``, container limits), else all of them."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def model_threads(cpus: int) -> int:
     """Default torch threads per forward pass on a CPU: half the cores, as two batches
     run at once (:func:`model_streams`). Torch's threads wait for each other at every
@@ -353,7 +360,7 @@ def run(args: argparse.Namespace) -> int:
                dynamic_ncols=True)
     torch_threads = torch.get_num_threads()
     if device.type == "cpu":
-        torch.set_num_threads(args.threads or model_threads(os.cpu_count() or 1))
+        torch.set_num_threads(args.threads or model_threads(usable_cpus()))
     try:
         _process(jobs, predictor=predictor, args=args, out_dir=out_dir, model_info=model_info,
                  viewer=viewer, statuses=statuses, bar=bar, say=say, warn=warn)
@@ -400,7 +407,7 @@ def _process(jobs: list[Job], *, predictor, args, out_dir: Path, model_info: dic
     from castvit.viz.export import write_outputs
 
     outputs = set(args.outputs)
-    workers = args.workers or min(4, os.cpu_count() or 1)
+    workers = args.workers or min(4, usable_cpus())
     streams = model_streams(predictor)
     window = args.batch_size * (streams + 2)
     todo = iter(jobs)
