@@ -5,7 +5,7 @@ Three recipes' views have a device form: MoCo-v3 / BYOL (:class:`DeviceMoCoViews
 the supervised / DeiT view (:class:`DeviceTrainView`) and the segmentation view
 (:class:`DeviceSegView`). Each is the worker side; its ``device_batch(batch, device)``
 is the device side, which the training loop (:func:`castvit.train.engine.fit`) calls
-on every collated batch. The MoCo views, in detail:
+on every collated batch. The MoCo views show the split in detail.
 
 The CPU pipeline (:class:`castvit.data.transforms.MoCoViews`) does everything per image
 in the loader workers, superpixels included, which bounds a GPU step by the number of
