@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+import castvit
 from castvit import demo
 from castvit.eval.baselines import colour_grouping
 from castvit.eval.compare import MethodScores
@@ -77,7 +78,6 @@ def test_the_summary_has_a_row_for_every_family_and_method(quick_report):
 def test_saved_checkpoints_reproduce_the_reported_predictions(quick_report):
     """Every trained model is saved as a castvit checkpoint that rebuilds itself by path
     (no architecture retyped) and gives the report's classes and hierarchies again."""
-    import castvit
     from castvit.hierarchy import Hierarchy
     from castvit.ops import normalize_images
 
@@ -100,6 +100,27 @@ def test_saved_checkpoints_reproduce_the_reported_predictions(quick_report):
             np.testing.assert_array_equal(levels, preds[f"levels_{name}"])
             if name == "trained":  # trained_l4's level-4 head is not part of the encoder file
                 np.testing.assert_array_equal(model.forward_head(feats).argmax(-1).numpy(), preds["pred_label_trained"])
+
+
+def test_demo_checkpoint_is_the_encoder_of_the_synthetic_segmentation_recipe(quick_report):
+    """README "Semantic segmentation": model.pretrained=<demo checkpoint> starts the
+    Segmenter's block-fusion encoder from the demo's classifier, every stage included."""
+    from castvit.train.config import apply_overrides, read_yaml
+    from castvit.train.segmentation import build_segmentation_model
+
+    metrics = json.loads((quick_report / "metrics.json").read_text())
+    c = metrics["config"]
+    path = quick_report / metrics["families"]["colour"]["checkpoints"]["trained_l4"]
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "segmenter_synthetic_cpu.yaml"
+    cfg = apply_overrides(read_yaml(recipe), [f"model.pretrained={path}",
+                                              f"model.kwargs.encoder_kwargs.embed_dim={c['embed_dim']}"])
+    model = build_segmentation_model(cfg)
+    enc = model.encoder.state_dict()
+    demo_cast = castvit.create_model(pretrained=path).state_dict()
+    for stage in range(4):
+        assert torch.equal(enc[f"blocks{stage + 1}.0.attn.qkv.weight"], demo_cast[f"blocks.{stage}.attn.qkv.weight"])
+    key = "pool3.pool_block.centroid_fc.attn.qkv.weight"
+    assert torch.equal(enc[key], demo_cast[key])
 
 
 def test_report_numbers_are_recomputed_from_the_saved_predictions(quick_report):
