@@ -167,15 +167,18 @@ def test_segmentation_records_the_seeds_preprocessing_it_trained_with(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["supervised", "moco"])
-def test_train_compile_runs_a_step_with_the_compiled_static_forward(tmp_path, recipe):
-    cfg = classification(recipe, tmp_path, compile=True)
+def test_train_compile_runs_a_step_with_the_compiled_static_forward(tmp_path, recipe, monkeypatch):
+    # A private Inductor cache: processes compiling at the same time share /tmp/torchinductor_<user>
+    # and can read each other's half-written kernels ("file too short").
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    cfg = classification(recipe, tmp_path / "run", compile=True)
     cfg["data"]["train_size"] = 8
     if recipe == "supervised":
         cfg["train"].update(mixup_alpha=0.0, cutmix_alpha=0.0)
     torch._dynamo.reset()
     history = run(resolve(cfg), progress=False)
     assert math.isfinite(history["train_loss"][0])
-    ckpt = read_checkpoint(tmp_path / "last.pth.tar")
+    ckpt = read_checkpoint(tmp_path / "run" / "last.pth.tar")
     weights = ckpt["model"] if recipe == "supervised" else ckpt["state_dict"]
     assert not any("_orig_mod" in k for k in weights), "checkpoints keep the plain model's names"
     assert ckpt["castvit"]["global_step"] == 1

@@ -29,9 +29,9 @@ CHILD = textwrap.dedent("""
     kill_after = 7  # global steps: epoch 1, step 3 of 4 (the last checkpoint is at step 2)
     grid = SuperpixelConfig(method="grid", n_segments=16)
     if path == "device":
-        from castvit.data.device_augment import DeviceMoCoViews, DeviceTrainView
+        from castvit.data.device_augment import DeviceMoCoViews, DeviceSegView, DeviceTrainView
         grid = SuperpixelConfig(method="slic_torch", n_segments=16)
-        device_view = {"supervised": DeviceTrainView, "moco": DeviceMoCoViews}[recipe]
+        device_view = {"supervised": DeviceTrainView, "moco": DeviceMoCoViews, "segmentation": DeviceSegView}[recipe]
     else:
         device_view = lambda view: view
     data = synthetic_dataset(16, seed=0, image_size=32, num_classes=4)
@@ -45,6 +45,19 @@ CHILD = textwrap.dedent("""
         cfg = SupervisedConfig(epochs=3, lr=1e-3, warmup_epochs=1, mixup_alpha=0.8, cutmix_alpha=1.0,
                                ema_decay=0.9, checkpoint_every_steps=2, log_every=1, num_workers=1)
         run = lambda: train_supervised(model, loader, cfg, out_dir=out, progress=False, resume=(mode == "resume"))
+    elif recipe == "segmentation":
+        from castvit.data.segmentation import SegSuperpixels, SegTrainView, SegViewDataset, SyntheticSegmentation
+        from castvit.train.segmentation import SegmentationConfig, SegmentationRecipe as Recipe, train_segmentation
+        torch.manual_seed(0)
+        model = castvit.create_model("segmenter_cast_small", num_classes=5, encoder="cast_small_seg",
+                                     encoder_kwargs=dict(img_size=32, embed_dim=48, depth=[1, 1, 1, 1], num_heads=4,
+                                                         num_clusters=[8, 4, 4, 2]), decoder_kwargs={"n_heads": 2})
+        view = device_view(SegTrainView(crop_size=32, img_scale=(128, 32), ratio_range=(0.75, 1.5),
+                                        superpixels=SegSuperpixels(method=grid.method, n_segments=16)))
+        seg_data = SegViewDataset(SyntheticSegmentation(16, seed=0, target="part", image_size=32), view, seed=0)
+        loader = build_loader(seg_data, batch_size=4, train=True, seed=0, num_workers=1)
+        cfg = SegmentationConfig(epochs=3, lr=0.05, checkpoint_every_steps=2, log_every=1, num_workers=1)
+        run = lambda: train_segmentation(model, loader, cfg, out_dir=out, progress=False, resume=(mode == "resume"))
     else:
         from castvit.train.moco import MoCoConfig, MoCoRecipe as Recipe, train_moco
         view = device_view(MoCoViews(32, scale=(0.5, 1.0), superpixels=grid))
@@ -77,8 +90,8 @@ def step_records(path: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "epoch_time_s"} for r in records]
 
 
-@pytest.mark.parametrize("path", ["workers", "device"])
-@pytest.mark.parametrize("recipe", ["supervised", "moco"])
+@pytest.mark.parametrize("recipe, path", [("supervised", "workers"), ("moco", "workers"), ("supervised", "device"),
+                                          ("moco", "device"), ("segmentation", "device")])
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run_bit_for_bit(tmp_path, recipe, path):
     script = tmp_path / "child.py"
     script.write_text(CHILD)
@@ -94,7 +107,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run_bit_for_bit(
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     a, b = read_checkpoint(full / "last.pth.tar"), read_checkpoint(broken / "last.pth.tar")
-    weights = "model" if recipe == "supervised" else "state_dict"
+    weights = "state_dict" if recipe == "moco" else "model"
     assert a[weights].keys() == b[weights].keys()
     for k in a[weights]:
         assert torch.equal(a[weights][k], b[weights][k]), f"{k} differs after resume"
