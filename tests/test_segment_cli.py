@@ -291,6 +291,14 @@ def test_contour_map_holds_the_coarsest_level_of_each_boundary_pixel():
     assert np.array_equal(h.boundary_map(), expected)
 
 
+def test_contour_png_is_brighter_the_coarser_the_level():
+    from castvit.viz.export import contour_image
+
+    levels = np.array([[-1, 0, 1, 2, 3, 4], [4, 3, 2, 1, 0, -1]], dtype=np.int8)
+    assert contour_image(levels, 5).tolist() == [[0, 51, 102, 153, 204, 255], [255, 204, 153, 102, 51, 0]]
+    assert contour_image(np.array([[-1, 0, 1]]), 3).tolist() == [[0, 85, 170]]
+
+
 def test_model_threads_default_to_half_the_cpus_and_are_restored(photos, tmp_path, monkeypatch):
     import torch
 

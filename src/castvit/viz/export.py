@@ -130,10 +130,11 @@ def write_rgb_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
 def contour_image(boundary_map: np.ndarray, num_levels: int) -> np.ndarray:
     """Ultrametric contour map as ``H×W`` uint8: 0 off boundaries, boundary pixels
     brighter the coarser the level they survive to (255 = top level)."""
-    out = np.zeros(boundary_map.shape, dtype=np.uint8)
-    on = boundary_map >= 0
-    out[on] = np.round(255 * (boundary_map[on].astype(np.float64) + 1) / num_levels).astype(np.uint8)
-    return out
+    boundary_map = np.asarray(boundary_map)
+    top = max(num_levels, int(boundary_map.max(initial=-1)) + 1)
+    lut = np.zeros(top + 1, dtype=np.uint8)  # index level + 1; 0 = no boundary
+    lut[1:] = np.round(255 * (np.arange(top, dtype=np.float64) + 1) / num_levels).astype(np.uint8)
+    return lut[boundary_map.astype(np.intp) + 1]
 
 
 def level_files(level: int) -> dict[str, str]:
