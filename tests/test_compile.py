@@ -119,6 +119,30 @@ def test_static_forward_is_one_graph_without_breaks(name, train):
     assert explained.graph_count == 1
 
 
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_segmenter_with_a_static_encoder_is_one_graph(train):
+    """The Segmenter (encoder + mask-transformer decoder + pixel gather) traces as one
+    graph once its encoder has a fixed token count, and masking every token when traced
+    changes nothing where no token is padded."""
+    torch.manual_seed(0)
+    enc = dict(img_size=64, embed_dim=48, depth=[1, 1, 1, 1], num_heads=4, num_clusters=[16, 8, 4, 2])
+    model = castvit.create_model("segmenter_cast_small", num_classes=5, encoder="cast_small_seg",
+                                 encoder_kwargs=enc, decoder_kwargs={"n_heads": 2}).train(train)
+    x, sp = inputs()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        dynamic = model.eval()(x, sp)
+    model.encoder.max_tokens = 80  # 64 superpixels: 16 padded tokens reach the decoder
+    model.train(train)
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(model)(x, sp)
+    assert explained.graph_break_count == 0, [str(r.reason) for r in explained.break_reasons]
+    assert explained.graph_count == 1
+    model.load_state_dict(state)  # a traced training forward moved the BatchNorm statistics
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x, sp), dynamic, rtol=1e-4, atol=1e-5)
+
+
 def test_the_dynamic_forward_does_break_the_graph():
     """The explain check can fail: the dynamic-shape model reads the token count."""
     model = castvit.create_model("cast_small", **tiny_overrides("cast_small")).eval()

@@ -83,7 +83,9 @@ class MaskTransformerDecoder(nn.Module):
         b, n, _ = tokens.shape
         x = torch.cat([self.proj_dec(tokens), self.cls_emb.expand(b, -1, -1).to(tokens.dtype)], dim=1)
         mask = None
-        if valid is not None and not bool(valid.all()):
+        # Traced (torch.compile) the mask is always applied: asking whether a token is
+        # padded is a host sync; an all-True mask changes nothing.
+        if valid is not None and (torch.compiler.is_compiling() or not bool(valid.all())):
             keys = F.pad(valid, (0, self.num_classes), value=True)
             mask = keys[:, None, None, :]
         for blk in self.blocks:
