@@ -459,7 +459,7 @@ def _process(jobs: list[Job], *, predictor, args, out_dir: Path, model_info: dic
         with torch.inference_mode():  # thread-local: entered in the thread that runs the model
             return segment_jobs(good, predictor=predictor)
 
-    def written(good: list[Job], hs: list) -> None:
+    def queue_writes(good: list[Job], hs: list) -> None:
         for j, h in zip(good, hs):
             if h is None:
                 report(j)
@@ -489,7 +489,7 @@ def _process(jobs: list[Job], *, predictor, args, out_dir: Path, model_info: dic
                     running.append((good, model_pool.submit(forward, good)))
             if running:
                 good, fut = running.popleft()
-                written(good, fut.result())
+                queue_writes(good, fut.result())
             finish_writes(keep=2 * args.batch_size)
         finish_writes(keep=0)
     statuses.sort(key=lambda r: r["index"])
