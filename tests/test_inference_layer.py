@@ -104,6 +104,25 @@ def test_the_predictor_batches_with_a_bound_and_streams_in_order(photo):
         assert all(np.array_equal(h.label_map(s), alone.label_map(s)) for s in range(h.num_levels))
 
 
+def test_the_predictor_runs_every_superpixel_method_with_its_options(photo):
+    """The predictor passes each method only the options it takes (slic_torch included)
+    and its superpixels are the method's own on the working image."""
+    from castvit.inference import resize_image, sample_labels
+    from castvit.superpixels import compute_superpixels_single
+
+    torch.manual_seed(0)
+    model = castvit.create_model("cast_small", **TINY)
+    for method in ("seeds", "slic", "slic_torch"):
+        predictor = HierarchyPredictor(model, method=method)
+        h = predictor.predict(photo)
+        size = predictor.working_size(*photo.shape[:2])
+        direct = compute_superpixels_single(resize_image(photo, *size), method=method,
+                                            n_segments=predictor.superpixel_count(*size),
+                                            **predictor._backend_options())
+        assert h.shape == photo.shape[:2], method
+        assert np.array_equal(h.label_map(0), sample_labels(direct, *photo.shape[:2])), method
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_models_segment(photo, dtype):
     torch.manual_seed(0)

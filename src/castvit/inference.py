@@ -36,7 +36,6 @@ afterwards, so BatchNorm statistics never change and two calls give the same res
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -303,9 +302,9 @@ class HierarchyPredictor:
         return self.prepare(image, None).full_sp
 
     def _backend_options(self) -> dict[str, Any]:
-        from castvit.superpixels import _backend
+        from castvit.superpixels import method_parameters
 
-        accepted = inspect.signature(_backend(self.method)).parameters
+        accepted = method_parameters(self.method)
         return {k: v for k, v in self.superpixel_settings.items() if k in accepted and k != "n_segments"}
 
     def prepare(self, image: np.ndarray, given=None) -> PreparedImage:

@@ -48,6 +48,7 @@ with a ``ValueError`` instead. OpenCV also raises ``n_segments`` below 10 to 10 
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import warnings
@@ -243,7 +244,8 @@ def compute_superpixels_single(image: np.ndarray | torch.Tensor, method: str = "
     if method == "slic_torch":
         from castvit.slic_torch import slic_torch
 
-        rgb = torch.from_numpy(_as_rgb_uint8(image))[None]
+        rgb = _as_rgb_uint8(image)
+        rgb = torch.from_numpy(rgb if rgb.flags.writeable else rgb.copy())[None]
         return slic_torch(rgb, _check_n_segments(n_segments), **kwargs)[0].numpy()
     return _backend(method)(_as_rgb_uint8(image), n_segments, **kwargs)
 
@@ -318,6 +320,17 @@ def _backend(method: str) -> Callable[..., np.ndarray]:
     if method not in _BACKENDS:
         raise ValueError(f"unknown superpixel method {method!r}; choose one of {', '.join(METHODS)}")
     return _BACKENDS[method]
+
+
+def method_parameters(method: str) -> set[str]:
+    """Keyword options that superpixel method ``method`` accepts (besides the image)."""
+    if method == "slic_torch":
+        from castvit.slic_torch import slic_torch
+
+        fn = slic_torch
+    else:
+        fn = _backend(method)
+    return set(inspect.signature(fn).parameters) - {"image", "images"}
 
 
 def _check_n_segments(n_segments: int) -> int:
