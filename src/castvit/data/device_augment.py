@@ -39,7 +39,6 @@ deterministic, and still exactly resumable.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from castvit.data.segmentation import IGNORE_INDEX, SegSuperpixels, SegTrainView
-from castvit.data.transforms import (MoCoViews, SuperpixelConfig, TrainView, _randint, _uniform, hflip,
+from castvit.data.transforms import (MoCoViews, SuperpixelConfig, TrainView, _randint, _uniform, erase_box, hflip,
                                      hsv_to_rgb, rand_augment, random_resized_crop, rgb_to_hsv, to_float_image,
                                      to_uint8_image)
 from castvit.ops import IMAGENET_MEAN, IMAGENET_STD
@@ -226,16 +225,11 @@ def draw_erase(gen: torch.Generator, height: int, width: int, scale: tuple[float
                ratio: tuple[float, float] = (0.3, 3.3)) -> torch.Tensor:
     """:func:`~castvit.data.transforms.random_erase`'s box, drawn as it draws it, and a
     seed for its noise (in place of the noise itself); all zeros when no box fits."""
-    out = torch.zeros(6, dtype=torch.int64)
-    for _ in range(10):
-        area = height * width * _uniform(gen, *scale)
-        aspect = math.exp(_uniform(gen, math.log(ratio[0]), math.log(ratio[1])))
-        eh, ew = int(round(math.sqrt(area * aspect))), int(round(math.sqrt(area / aspect)))
-        if 0 < eh < height and 0 < ew < width:
-            top, left = _randint(gen, 0, height - eh), _randint(gen, 0, width - ew)
-            seed = int(torch.randint(0, 2**62, (), generator=gen))
-            return torch.tensor([1, top, left, eh, ew, seed], dtype=torch.int64)
-    return out
+    box = erase_box(gen, height, width, scale, ratio)
+    if box is None:
+        return torch.zeros(6, dtype=torch.int64)
+    seed = int(torch.randint(0, 2**62, (), generator=gen))
+    return torch.tensor([1, *box, seed], dtype=torch.int64)
 
 
 @dataclass

@@ -745,19 +745,29 @@ def random_erase(view: dict[str, torch.Tensor], gen: torch.Generator, scale: tup
     """timm's RandomErasing (mode 'pixel', count 1) on a normalised view; the erased box
     gets its own superpixel id (see :class:`TrainView` for why)."""
     image, labels = view["image"], view["superpixels"]
-    h, w = image.shape[-2:]
+    box = erase_box(gen, *image.shape[-2:], scale, ratio)
+    if box is None:
+        return view
+    top, left, eh, ew = box
+    image = image.clone()
+    image[:, top:top + eh, left:left + ew] = torch.randn((3, eh, ew), generator=gen)
+    labels = labels.clone()
+    labels[top:top + eh, left:left + ew] = int(labels.max()) + 1
+    return {**view, "image": image, "superpixels": relabel_compact(labels[None])[0]}
+
+
+def erase_box(gen: torch.Generator, height: int, width: int, scale: tuple[float, float] = (0.02, 1 / 3),
+              ratio: tuple[float, float] = (0.3, 3.3)) -> tuple[int, int, int, int] | None:
+    """The box of :func:`random_erase` (``top, left, height, width``), drawn from ``gen``
+    as timm draws it (10 tries of area and log-uniform aspect), or None when none fits.
+    The device path draws it with the same calls, so both paths erase the same box."""
     for _ in range(10):
-        area = h * w * _uniform(gen, *scale)
+        area = height * width * _uniform(gen, *scale)
         aspect = math.exp(_uniform(gen, math.log(ratio[0]), math.log(ratio[1])))
         eh, ew = int(round(math.sqrt(area * aspect))), int(round(math.sqrt(area / aspect)))
-        if 0 < eh < h and 0 < ew < w:
-            top, left = _randint(gen, 0, h - eh), _randint(gen, 0, w - ew)
-            image = image.clone()
-            image[:, top:top + eh, left:left + ew] = torch.randn((3, eh, ew), generator=gen)
-            labels = labels.clone()
-            labels[top:top + eh, left:left + ew] = int(labels.max()) + 1
-            return {**view, "image": image, "superpixels": relabel_compact(labels[None])[0]}
-    return view
+        if 0 < eh < height and 0 < ew < width:
+            return _randint(gen, 0, height - eh), _randint(gen, 0, width - ew), eh, ew
+    return None
 
 
 @dataclass
