@@ -46,9 +46,8 @@ import torch
 import torch.nn.functional as F
 
 from castvit.data.segmentation import IGNORE_INDEX, SegSuperpixels, SegTrainView
-from castvit.data.transforms import (MoCoViews, SuperpixelConfig, TrainView, _randint, _uniform, erase_box, hflip,
-                                     hsv_to_rgb, rand_augment, random_resized_crop, rgb_to_hsv, to_float_image,
-                                     to_uint8_image)
+from castvit.data.transforms import (MoCoViews, SuperpixelConfig, TrainView, _randint, _uniform, erase_box,
+                                     hsv_to_rgb, random_resized_crop, rgb_to_hsv, to_float_image, to_uint8_image)
 from castvit.ops import IMAGENET_MEAN, IMAGENET_STD
 
 # params vector layout
@@ -253,13 +252,7 @@ class DeviceTrainView:
 
     def __call__(self, image: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
         v = self.view
-        x = random_resized_crop(to_float_image(image), v.size, gen, scale=tuple(v.scale), interpolation=v.interpolation)
-        if _uniform(gen) < v.hflip_prob:
-            x = hflip(x)
-        if v.rand_augment:
-            x = rand_augment(x, gen, num_ops=v.rand_augment_ops, magnitude=v.rand_augment_magnitude,
-                             magnitude_std=v.rand_augment_mstd, increasing=v.rand_augment_increasing,
-                             interpolation=v.interpolation)
+        x = v.geometric(image, gen)
         p = identity_params()
         if v.jitter > 0:
             _draw_jitter(p, gen, v.jitter, v.jitter, v.jitter, 0.0)

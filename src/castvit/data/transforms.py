@@ -723,7 +723,9 @@ class TrainView:
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
 
-    def __call__(self, image: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    def geometric(self, image: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """The first steps, shared with the device path: random resized crop, flip and
+        RandAugment of a uint8 ``3×H×W`` image → float ``3×size×size`` in [0, 1]."""
         x = random_resized_crop(to_float_image(image), self.size, gen, scale=tuple(self.scale),
                                 interpolation=self.interpolation)
         if _uniform(gen) < self.hflip_prob:
@@ -732,6 +734,10 @@ class TrainView:
             x = rand_augment(x, gen, num_ops=self.rand_augment_ops, magnitude=self.rand_augment_magnitude,
                              magnitude_std=self.rand_augment_mstd, increasing=self.rand_augment_increasing,
                              interpolation=self.interpolation)
+        return x
+
+    def __call__(self, image: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        x = self.geometric(image, gen)
         if self.jitter > 0:
             x = color_jitter(x, gen, self.jitter, self.jitter, self.jitter, 0.0)
         out = finish_view(x, self.superpixels)
