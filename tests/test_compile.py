@@ -176,4 +176,7 @@ def test_fullgraph_compile_matches_eager_forward_and_train_step(name):
     (eager(x, sp) * w).sum().backward()
     for (n, p), q in zip(model.named_parameters(), eager.parameters()):
         if p.grad is not None:
-            assert torch.allclose(p.grad, q.grad, atol=1e-4, rtol=1e-3), n
+            # fp32 sums in another order: errors scale with the tensor's largest terms,
+            # so near-zero entries of a large gradient get an absolute allowance too
+            atol = 1e-4 + 2e-5 * float(q.grad.abs().max())
+            assert torch.allclose(p.grad, q.grad, atol=atol, rtol=1e-3), n
