@@ -43,6 +43,7 @@ import castvit
 from castvit.data.datasets import build_loader
 from castvit.data.device_augment import DeviceMoCoViews
 from castvit.data.transforms import MoCoViews, SuperpixelConfig
+from castvit.train.engine import device_stage
 from castvit.train.moco import MoCo, MoCoConfig, MoCoRecipe
 
 PATHS = ("cpu_seeds", "device_slic")
@@ -72,35 +73,19 @@ def make_loader(path: str, data: Dataset, size: int, batch: int, workers: int, n
     return build_loader(data, view, batch_size=batch, train=True, seed=0, num_workers=workers, keep_keys=("label",))
 
 
-def stage_of(loader):
-    return getattr(loader.dataset.transform, "device_batch", None)
-
-
-def input_rate(loader, device: str, steps: int) -> float:
-    stage = stage_of(loader)
+def rate(loader, device: str, steps: int, recipe: MoCoRecipe | None = None) -> float:
+    """Images per second over ``steps`` batches after one warm-up batch (which pays the
+    workers' start-up): the input alone, or with ``recipe`` the whole train step."""
+    stage = device_stage(loader)
     it = iter(loader)
     done, start = 0, None
     for k in range(steps + 1):
         batch = next(it)
         if stage is not None:
             batch = stage(batch, device)
-        C.synchronize(device)
-        if k == 0:
-            start = time.perf_counter()  # the first batch pays the workers' start-up
-        else:
-            done += batch["image"].shape[0]
-    return done / (time.perf_counter() - start)
-
-
-def step_rate(loader, recipe: MoCoRecipe, device: str, steps: int) -> float:
-    stage = stage_of(loader)
-    it = iter(loader)
-    done, start = 0, None
-    for k in range(steps + 1):
-        batch = next(it)
-        if stage is not None:
-            batch = stage(batch, device)
-        metrics, count, _ = recipe.train_step(batch, epoch=0, step=k, t=0.5)
+        count = batch["image"].shape[0]
+        if recipe is not None:
+            _, count, _ = recipe.train_step(batch, epoch=0, step=k, t=0.5)
         C.synchronize(device)
         if k == 0:
             start = time.perf_counter()
@@ -150,9 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(args.rounds):
         for row in rows:
             path = row["path"]
-            row["input_img_s"] = max(row["input_img_s"], input_rate(loaders[path], device, args.steps))
+            row["input_img_s"] = max(row["input_img_s"], rate(loaders[path], device, args.steps))
             if path in recipes:
-                row["step_img_s"] = max(row["step_img_s"], step_rate(loaders[path], recipes[path], device, args.steps))
+                row["step_img_s"] = max(row["step_img_s"], rate(loaders[path], device, args.steps, recipes[path]))
             print(f"round {r}: {path:12s} input {row['input_img_s']:8.2f} img/s   step "
                   f"{row.get('step_img_s', float('nan')):8.2f} img/s (best so far)", flush=True)
     print()

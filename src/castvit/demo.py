@@ -327,11 +327,12 @@ def demo_preprocessing(cfg: DemoConfig) -> dict[str, Any]:
     """The preprocessing the demo trains with, as a ``pretrained_cfg``: the scene size,
     ImageNet mean/std (:func:`castvit.ops.normalize_images`) and the superpixels of
     :func:`make_split`."""
+    from castvit.models._builder import SEEDS_PRETRAIN
     from castvit.ops import IMAGENET_MEAN, IMAGENET_STD
 
-    sp: dict[str, Any] = {"method": cfg.superpixels, "n_segments": cfg.n_segments}
-    if cfg.superpixels == "seeds":  # compute_superpixels' defaults, written out
-        sp.update(num_levels=1, prior=2, histogram_bins=15, num_iterations=20)
+    # make_split calls compute_superpixels with its defaults: for SEEDS, the pre-training settings
+    sp = {**(SEEDS_PRETRAIN if cfg.superpixels == "seeds" else {"method": cfg.superpixels}),
+          "n_segments": cfg.n_segments}
     return {"input_size": [cfg.image_size, cfg.image_size], "superpixels": sp, "mean": list(IMAGENET_MEAN),
             "std": list(IMAGENET_STD)}
 

@@ -104,10 +104,17 @@ def projector_from_state_dict(sd: Mapping[str, torch.Tensor], prefix: str = "hea
     return nn.Sequential(*mods)
 
 
-def _retrieval_name(name: str) -> str:
+def _base_name(name: str) -> str:
+    """``name`` without a ``_seg_pretrain`` / ``_seg`` suffix."""
     for suffix in ("_seg_pretrain", "_seg"):
         if name.endswith(suffix):
-            return name[: -len(suffix)] + "_seg"
+            return name[: -len(suffix)]
+    return name
+
+
+def _retrieval_name(name: str) -> str:
+    if _base_name(name) != name:
+        return _base_name(name) + "_seg"
     raise ValueError(f"{name!r} has no block fusion, so it gives no per-superpixel features; retrieval needs a "
                      "block-fusion CAST (a '*_seg_pretrain' MoCo checkpoint such as "
                      "cast_small_seg_pretrain.moco_coco_ep149, or a '*_seg' model)")
@@ -255,13 +262,6 @@ def build_embedding_model(source: str | os.PathLike, *, num_clusters: Sequence[i
     model.retrieval_source = str(source)
     model.retrieval_pretrained_cfg = pretrained_cfg
     return model.eval()
-
-
-def _base_name(name: str) -> str:
-    for suffix in ("_seg_pretrain", "_seg"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 # ------------------------------------------------------------------ segments → prototypes

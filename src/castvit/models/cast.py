@@ -411,7 +411,8 @@ def compile_model(model: nn.Module, *, max_tokens: int | None = None, fullgraph:
                   **compile_kwargs) -> nn.Module:
     """``torch.compile`` a castvit model as one graph (issue 12 §3).
 
-    Superpixel models (CAST, SuperpixelViT) are switched to the static-shape mode first:
+    Superpixel models (CAST, SuperpixelViT, and the encoder of a segmentation model) are
+    switched to the static-shape mode first:
     ``max_tokens`` (default: the model's, else the stem grid's cell count, the most
     superpixels the 8-px grid can hold) fixes the token count, padded tokens are masked,
     and input checks on values become asynchronous asserts, so the forward has no host
@@ -427,16 +428,18 @@ def compile_model(model: nn.Module, *, max_tokens: int | None = None, fullgraph:
     from castvit.models import fast_cpu
 
     fast_cpu.disable(model)
-    if hasattr(model, "max_tokens"):
-        if max_tokens is None and model.max_tokens is None and getattr(model, "task", None) == "seg":
+    # a segmentation model (encoder + decoder): its encoder holds the tokens
+    tokens = model if hasattr(model, "max_tokens") else getattr(model, "encoder", None)
+    if hasattr(tokens, "max_tokens"):
+        if max_tokens is None and tokens.max_tokens is None and getattr(tokens, "task", None) == "seg":
             raise ValueError("segmentation models read labels at their own resolution: pass max_tokens, the "
                              "superpixel count (e.g. H·W/256 for the segmentation preset)")
         if max_tokens is None:
-            max_tokens = model.max_tokens or model.grid_size[0] * model.grid_size[1]
-        least = getattr(model, "min_superpixels", 1)
+            max_tokens = tokens.max_tokens or tokens.grid_size[0] * tokens.grid_size[1]
+        least = getattr(tokens, "min_superpixels", 1)
         if max_tokens < least:
             raise ValueError(f"max_tokens={max_tokens} is below the {least} clusters of the first stage")
-        model.max_tokens = int(max_tokens)
+        tokens.max_tokens = int(max_tokens)
     elif max_tokens is not None:
         raise ValueError(f"{type(model).__name__} has no superpixel tokens; leave max_tokens unset")
     compile_kwargs.setdefault("dynamic", False)

@@ -340,11 +340,6 @@ def compile_for_training(model: torch.nn.Module, loader, *, mixing: bool = False
         raise ValueError("compile needs a fixed token count, and the training superpixels give no bound on theirs "
                          "(SEEDS / SLIC); use the slic_torch tokenizer (at most n_segments ids per image) or build "
                          "the model with max_tokens= (above the most superpixels an image gets)")
-    if target is not model:
-        # A segmentation model: the encoder in the static mode, then the whole model as
-        # one graph (traced, the mask-transformer decoder always masks padded tokens).
-        compile_model(target, max_tokens=max_tokens)
-        return torch.compile(model, fullgraph=True, dynamic=False)
     return compile_model(model, max_tokens=max_tokens)
 
 
